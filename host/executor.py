@@ -97,7 +97,8 @@ class Runner:
         _captured.clear()
         self.server.messages.clear()
         self.executor.execute(prompt, str(uuid.uuid4()), extra_data or {}, list(outputs))
-        for event, data in self.server.messages:
+        # status_messages holds every event, also those the server would not broadcast.
+        for event, data in self.executor.status_messages:
             if event == "execution_error":
                 raise PromptError(
                     f"{data.get('node_type')} (node {data.get('node_id')}): {data.get('exception_message')}",

@@ -1,3 +1,12 @@
-"""Thin ComfyUI node classes; each file adapts ComfyUI types to one feature."""
+"""Thin ComfyUI node classes; each file adapts ComfyUI types to one feature.
+
+Node type names are a public contract (DESIGN.md section 2): saved workflows refer to
+them. Add nodes freely; never rename or remove one without a migration.
+"""
+from . import apply, guider, sampler
+
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+for _module in (apply, sampler, guider):
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

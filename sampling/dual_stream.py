@@ -29,13 +29,13 @@ class StreamLatents:
     text: dict
 
 
-def check_model(model: Any, latent_rows: int, node: str) -> None:
+def check_model(model: Any, latent_rows: int | None, node: str) -> None:
     """Refuse what would fail deep inside sampling, with a message naming the node's input."""
     patch = find_patch(model)
     if patch is None:
         raise ValueError(f"{node}: model: {NOT_PATCHED}")
     m = patch.identity.batch
-    if m not in (1, latent_rows):
+    if latent_rows is not None and m not in (1, latent_rows):
         raise ValueError(
             f"{node}: latent_image: the identity holds {m} identities (e.g. an interpolation sweep) but the latent "
             f"batch has {latent_rows} rows. Use a latent batch of {m} (Empty Latent Image batch_size={m}) or an "

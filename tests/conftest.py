@@ -31,6 +31,13 @@ def pytest_report_header(config):
     return [HOST.describe()]
 
 
+def pytest_sessionstart(session):
+    """Print the host even under ``-q``, where report headers are hidden."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        reporter.write_line(HOST.describe())
+
+
 @pytest.fixture(scope="session")
 def host_info():
     return HOST
@@ -39,8 +46,10 @@ def host_info():
 @pytest.fixture(scope="session")
 def runner():
     """The host's real executor, kept for the session."""
+    from infinite_id.demo.nodes import register_demo_nodes
     from infinite_id.host.executor import Runner
 
+    register_demo_nodes()
     return Runner()
 
 

@@ -1,0 +1,109 @@
+"""Loader nodes that return tiny built-in models instead of reading files.
+
+They are not part of the pack's public node list: the headless runner's ``--demo``
+swaps them in for the real loaders so a whole workflow can be watched working without
+weights, and the tests use them the same way.
+"""
+from __future__ import annotations
+
+import functools
+
+from .tiny_clip_text import build_tiny_sdxl_clip
+from .tiny_clip_vision import build_tiny_clip_vision
+from .tiny_identity import build_tiny_adapter, random_identity
+from .tiny_sdxl import build_tiny_sdxl
+from .tiny_vae import build_tiny_vae
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint(seed: int):
+    return build_tiny_sdxl(seed), build_tiny_sdxl_clip(seed), build_tiny_vae(seed)
+
+
+class InfiniteIDDemoCheckpoint:
+    """Stands in for ``CheckpointLoaderSimple``: a tiny SDXL-shaped MODEL, CLIP and VAE."""
+
+    CATEGORY = "InfiniteID/demo"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})},
+                "optional": {"ckpt_name": ("STRING", {"default": ""})}}
+
+    def load(self, seed, ckpt_name=""):
+        return _checkpoint(seed)
+
+
+class InfiniteIDDemoCLIPVision:
+    """Stands in for ``CLIPVisionLoader``."""
+
+    CATEGORY = "InfiniteID/demo"
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "optional": {"clip_name": ("STRING", {"default": ""})}}
+
+    def load(self, clip_name=""):
+        return (_clip_vision(),)
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_vision():
+    return build_tiny_clip_vision(0)
+
+
+class InfiniteIDDemoAdapter:
+    """A tiny adapter sized for the demo checkpoint."""
+
+    CATEGORY = "InfiniteID/demo"
+    RETURN_TYPES = ("INFINITEID_ADAPTER",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 1, "min": 0, "max": 2**31 - 1})},
+                "optional": {"adapter_name": ("STRING", {"default": ""})}}
+
+    def load(self, seed, adapter_name=""):
+        return (_adapter(seed),)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(seed: int):
+    return build_tiny_adapter(_checkpoint(0)[0], seed=seed)
+
+
+class InfiniteIDDemoIdentity:
+    """Random identity tokens for the tiny adapter (programmatic-API path)."""
+
+    CATEGORY = "InfiniteID/demo"
+    RETURN_TYPES = ("INFINITEID_IDENTITY",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 2, "min": 0, "max": 2**31 - 1}),
+                             "count": ("INT", {"default": 1, "min": 1, "max": 64})}}
+
+    def make(self, seed, count):
+        return (random_identity(seed=seed, n=count),)
+
+
+DEMO_NODES = {
+    "InfiniteIDDemoCheckpoint": InfiniteIDDemoCheckpoint,
+    "InfiniteIDDemoCLIPVision": InfiniteIDDemoCLIPVision,
+    "InfiniteIDDemoAdapter": InfiniteIDDemoAdapter,
+    "InfiniteIDDemoIdentity": InfiniteIDDemoIdentity,
+}
+
+
+def register_demo_nodes() -> None:
+    """Add the demo loaders to the host's node list (tests and ``--demo`` only)."""
+    import nodes
+
+    for name, cls in DEMO_NODES.items():
+        nodes.NODE_CLASS_MAPPINGS.setdefault(name, cls)

@@ -1,0 +1,64 @@
+"""``InfiniteIDApply``: patch a MODEL for dual-stream Infinite-ID inference."""
+from __future__ import annotations
+
+from ..attention.blocks import parse_block_list
+from ..attention.functional import ADAIN_MODES, ATTENTION_MODES
+from ..attention.patch import PatchSettings, apply_patch
+from .errors import node_error
+
+NODE = "InfiniteIDApply"
+
+
+def _percent(default: float, tooltip: str) -> tuple:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tooltip})
+
+
+class InfiniteIDApply:
+    DESCRIPTION = ("Patch an SDXL MODEL for Infinite-ID: the identity stream's self-attention mixes in the text "
+                   "stream's keys and values (mixed attention), its cross-attention adds identity attention to text "
+                   "attention (merge), and AdaIN-mean carries the prompt's style. Sample the result with "
+                   "'InfiniteID Sampler' or 'InfiniteID Guider'.")
+    CATEGORY = "InfiniteID"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "An SDXL model (checkpoint, LoRA-patched or not)."}),
+            "adapter": ("INFINITEID_ADAPTER", {"tooltip": "From 'InfiniteID Adapter Loader'."}),
+            "identity": ("INFINITEID_IDENTITY", {"tooltip": "From 'InfiniteID Encode', 'Mix' or 'Interpolate'."}),
+            "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 3.0, "step": 0.05,
+                                 "tooltip": "Strength of the identity cross-attention. 0 gives the plain text result; "
+                                            "lower it if images look burned."}),
+            "attention_mode": (list(ATTENTION_MODES), {"default": "mixed",
+                               "tooltip": "mixed: the paper's method (own + text-stream keys/values). mutual: text-stream "
+                                          "keys/values only (ablation). off: no mixing, no text stream computed."}),
+            "cross_attention_merge": ("BOOLEAN", {"default": True,
+                                      "tooltip": "Sum identity and text cross-attention (paper). Off: identity attention "
+                                                 "replaces text attention, blended by weight (ablation)."}),
+            "adain": (list(ADAIN_MODES), {"default": "off",
+                      "tooltip": "mean: shift identity keys/values to the text stream's mean (use for stylised "
+                                 "prompts). full: mean and std (stronger style, weaker identity)."}),
+            "start_percent": _percent(0.0, "Sampling progress at which identity injection starts."),
+            "end_percent": _percent(1.0, "Sampling progress at which identity injection ends."),
+            "mix_start_percent": _percent(0.0, "Sampling progress at which mixed attention starts."),
+            "mix_end_percent": _percent(1.0, "Sampling progress at which mixed attention ends. The text stream is not "
+                                             "computed after it, which saves time."),
+            "blocks": ("STRING", {"default": "all",
+                                  "tooltip": "Blocks to patch: 'all', or a list such as 'input, middle_0, output_0'. "
+                                             "Blocks: input_4,5,7,8 middle_0 output_0..5."}),
+        }}
+
+    def apply(self, model, adapter, identity, weight, attention_mode, cross_attention_merge, adain,
+              start_percent, end_percent, mix_start_percent, mix_end_percent, blocks):
+        with node_error(NODE):
+            settings = PatchSettings(
+                weight=weight, attention_mode=attention_mode, merge=cross_attention_merge, adain=adain,
+                start_percent=start_percent, end_percent=end_percent, mix_start_percent=mix_start_percent,
+                mix_end_percent=mix_end_percent, blocks=frozenset(parse_block_list(blocks)))
+            return (apply_patch(model, adapter, identity, settings),)
+
+
+NODE_CLASS_MAPPINGS = {NODE: InfiniteIDApply}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE: "InfiniteID Apply"}

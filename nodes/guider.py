@@ -1,0 +1,35 @@
+"""``InfiniteIDGuider``: the dual-stream sampler as a GUIDER for SamplerCustomAdvanced."""
+from __future__ import annotations
+
+from ..sampling.dual_stream import check_model
+from ..sampling.guider import make_guider
+from .errors import node_error
+
+NODE = "InfiniteIDGuider"
+
+
+class InfiniteIDGuider:
+    DESCRIPTION = ("CFG guider for a MODEL patched by 'InfiniteID Apply', for SamplerCustomAdvanced. Both streams use "
+                   "the noise and sampler you connect there; the output is the identity stream.")
+    CATEGORY = "InfiniteID"
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "get_guider"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The MODEL from 'InfiniteID Apply'."}),
+            "positive": ("CONDITIONING", {"tooltip": "The prompt, used by both streams."}),
+            "negative": ("CONDITIONING", {"tooltip": "The negative prompt, used by both streams."}),
+            "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance for both streams (paper: 5.0)."}),
+        }}
+
+    def get_guider(self, model, positive, negative, cfg):
+        with node_error(NODE):
+            check_model(model, None, NODE)
+            return (make_guider(model, positive, negative, cfg),)
+
+
+NODE_CLASS_MAPPINGS = {NODE: InfiniteIDGuider}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE: "InfiniteID Guider"}

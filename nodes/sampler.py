@@ -1,0 +1,47 @@
+"""``InfiniteIDSampler``: a drop-in KSampler that runs both Infinite-ID streams."""
+from __future__ import annotations
+
+from ..sampling.dual_stream import sample_dual_stream
+from .errors import node_error
+
+NODE = "InfiniteIDSampler"
+
+
+class InfiniteIDSampler:
+    DESCRIPTION = ("KSampler for a MODEL patched by 'InfiniteID Apply'. Runs the identity stream and the text stream "
+                   "from the same seed in one batched U-Net call per step. Outputs the identity latent (the result) "
+                   "and the text latent (what plain SDXL gives for the prompt; exact while the mixing window lasts).")
+    CATEGORY = "InfiniteID"
+    RETURN_TYPES = ("LATENT", "LATENT")
+    RETURN_NAMES = ("identity_latent", "text_latent")
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import comfy.samplers
+
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The MODEL from 'InfiniteID Apply'."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
+                             "tooltip": "One seed for both streams: the same noise core KSampler would use."}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": 10000, "tooltip": "Denoising steps (paper: 30)."}),
+            "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance for both streams (paper: 5.0)."}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Any ComfyUI sampler."}),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Any ComfyUI scheduler."}),
+            "positive": ("CONDITIONING", {"tooltip": "The prompt, used by both streams."}),
+            "negative": ("CONDITIONING", {"tooltip": "The negative prompt, used by both streams."}),
+            "latent_image": ("LATENT", {"tooltip": "Batch n gives n images; an identity sweep of n needs n."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                  "tooltip": "As in KSampler."}),
+        }}
+
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
+        with node_error(NODE):
+            result = sample_dual_stream(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                        latent_image, denoise, node=NODE)
+        return (result.identity, result.text)
+
+
+NODE_CLASS_MAPPINGS = {NODE: InfiniteIDSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE: "InfiniteID Sampler"}
