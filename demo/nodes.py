@@ -29,10 +29,10 @@ class InfiniteIDDemoCheckpoint:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})},
-                "optional": {"ckpt_name": ("STRING", {"default": ""})}}
+        return {"required": {}, "optional": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                                             "ckpt_name": ("STRING", {"default": ""})}}
 
-    def load(self, seed, ckpt_name=""):
+    def load(self, seed=0, ckpt_name=""):
         return _checkpoint(seed)
 
 
@@ -65,10 +65,10 @@ class InfiniteIDDemoAdapter:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 1, "min": 0, "max": 2**31 - 1})},
-                "optional": {"adapter_name": ("STRING", {"default": ""})}}
+        return {"required": {}, "optional": {"seed": ("INT", {"default": 1, "min": 0, "max": 2**31 - 1}),
+                                             "adapter_name": ("STRING", {"default": ""})}}
 
-    def load(self, seed, adapter_name=""):
+    def load(self, seed=1, adapter_name=""):
         return (_adapter(seed),)
 
 

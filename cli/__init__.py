@@ -1,0 +1,19 @@
+"""Command line: ``run`` (headless workflow runner)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from . import run
+
+
+def main(argv: list[str], host: Any) -> int:
+    parser = argparse.ArgumentParser(prog="python <pack>", description="Infinite-ID for ComfyUI, without the server.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run.add_parser(commands)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__name__).info(host.describe())
+    return args.handler(args)

