@@ -52,6 +52,9 @@ class Adapter:
     - ``clip_width``: the CLIP vision hidden size the mapper expects;
     - ``face_embedding``: ``"normalized"`` (unit ArcFace vector) or ``"raw"``;
     - ``base_model``: ``"sdxl"``.
+
+    ``lora`` holds the U-Net LoRA an adapter was trained with, if any (FaceID-Plus-v2),
+    in its file's names ``{n}.to_q_lora.down.weight`` ...; ``adapter/lora.py`` applies it.
     """
 
     kv: IdentityKV
@@ -59,6 +62,7 @@ class Adapter:
     name: str = "adapter"
     info: dict[str, Any] = field(default_factory=dict)
     _patcher: Any = None
+    lora: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def encode_tokens(self, face_embeds: torch.Tensor, clip_hidden: torch.Tensor) -> torch.Tensor:
         """Identity tokens from prepared features (see ``info`` for how to prepare them)."""

@@ -1,6 +1,7 @@
 """``InfiniteIDApply``: patch a MODEL for dual-stream Infinite-ID inference."""
 from __future__ import annotations
 
+from ..adapter.lora import apply_adapter_lora
 from ..attention.blocks import parse_block_list
 from ..attention.functional import ADAIN_MODES, ATTENTION_MODES
 from ..attention.patch import PatchSettings, apply_patch
@@ -48,15 +49,21 @@ class InfiniteIDApply:
             "blocks": ("STRING", {"default": "all",
                                   "tooltip": "Blocks to patch: 'all', or a list such as 'input, middle_0, output_0'. "
                                              "Blocks: input_4,5,7,8 middle_0 output_0..5."}),
+        }, "optional": {
+            "lora_strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05,
+                              "tooltip": "Strength of the adapter's own U-Net LoRA, applied only when the adapter file "
+                                         "carries one (IP-Adapter FaceID-Plus-v2 was trained with it). It changes "
+                                         "both streams; 0 leaves the model's weights untouched."}),
         }}
 
     def apply(self, model, adapter, identity, weight, attention_mode, cross_attention_merge, adain,
-              start_percent, end_percent, mix_start_percent, mix_end_percent, blocks):
+              start_percent, end_percent, mix_start_percent, mix_end_percent, blocks, lora_strength=1.0):
         with node_error(NODE):
             settings = PatchSettings(
                 weight=weight, attention_mode=attention_mode, merge=cross_attention_merge, adain=adain,
                 start_percent=start_percent, end_percent=end_percent, mix_start_percent=mix_start_percent,
                 mix_end_percent=mix_end_percent, blocks=frozenset(parse_block_list(blocks)))
+            model = apply_adapter_lora(model, adapter, lora_strength)
             return (apply_patch(model, adapter, identity, settings),)
 
 
