@@ -10,7 +10,9 @@ import functools
 
 from .tiny_clip_text import build_tiny_sdxl_clip
 from .tiny_clip_vision import build_tiny_clip_vision
-from .tiny_identity import build_tiny_adapter, random_identity
+from .tiny_identity import random_identity
+from .tiny_insightface import DETECTOR_FILE, RECOGNIZER_FILE, write_tiny_antelopev2
+from .tiny_mapper import build_tiny_encoder_adapter
 from .tiny_sdxl import build_tiny_sdxl
 from .tiny_vae import build_tiny_vae
 
@@ -74,7 +76,7 @@ class InfiniteIDDemoAdapter:
 
 @functools.lru_cache(maxsize=None)
 def _adapter(seed: int):
-    return build_tiny_adapter(_checkpoint(0)[0], seed=seed)
+    return build_tiny_encoder_adapter(_checkpoint(0)[0], seed=seed)
 
 
 class InfiniteIDDemoIdentity:
@@ -93,11 +95,44 @@ class InfiniteIDDemoIdentity:
         return (random_identity(seed=seed, n=count),)
 
 
+class InfiniteIDDemoFaceAnalysis:
+    """Stands in for ``InfiniteIDFaceAnalysisLoader``: the tiny insightface pack (a red
+    32x32 cell is a face), loaded through the real loader code from a cache folder."""
+
+    CATEGORY = "InfiniteID/demo"
+    RETURN_TYPES = ("FACEANALYSIS",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "optional": {"det_size": ("INT", {"default": 640, "min": 128, "max": 2048,
+                                                                  "step": 32})}}
+
+    def load(self, det_size=640):
+        return (_face_analysis(det_size),)
+
+
+@functools.lru_cache(maxsize=None)
+def _face_analysis(det_size: int):
+    import os
+    import tempfile
+
+    from ..identity.face_analysis import load_face_analysis
+
+    root = os.path.join(tempfile.gettempdir(), f"infinite_id_demo_{os.getuid() if hasattr(os, 'getuid') else 0}",
+                        "insightface")
+    pack = os.path.join(root, "models", "antelopev2")
+    if not all(os.path.isfile(os.path.join(pack, f)) for f in (DETECTOR_FILE, RECOGNIZER_FILE)):
+        write_tiny_antelopev2(root)  # deterministic bytes and atomic writes: parallel runs are safe
+    return load_face_analysis("antelopev2", "CPU", det_size, roots=[root])
+
+
 DEMO_NODES = {
     "InfiniteIDDemoCheckpoint": InfiniteIDDemoCheckpoint,
     "InfiniteIDDemoCLIPVision": InfiniteIDDemoCLIPVision,
     "InfiniteIDDemoAdapter": InfiniteIDDemoAdapter,
     "InfiniteIDDemoIdentity": InfiniteIDDemoIdentity,
+    "InfiniteIDDemoFaceAnalysis": InfiniteIDDemoFaceAnalysis,
 }
 
 

@@ -50,6 +50,9 @@ if [ -n "$host_reqs" ]; then
   pip_install --no-deps torchaudio==2.11.0
 fi
 log "insightface 0.7.3 overlay at $IF073"
-pip_install --no-deps --upgrade --target "$IF073" insightface==0.7.3
+# --no-cache-dir: a cached wheel of this source build has been seen to lack the package.
+rm -rf "$IF073"
+pip_install --no-deps --no-cache-dir --target "$IF073" insightface==0.7.3
+[ -f "$IF073/insightface/app/face_analysis.py" ] || { log "insightface 0.7.3 overlay is incomplete"; exit 1; }
 echo "$stamp" > "$VENV/.bootstrap-stamp"
 log "done"

@@ -1,0 +1,131 @@
+"""Identities saved to and loaded from ``models/infiniteid/identities/*.safetensors``.
+
+Why safetensors only: an identity file is something people share, and a pickle can run
+code when loaded; safetensors holds tensors and string metadata, nothing else. The file
+holds ``cond``, ``uncond`` and ``features.<name>`` tensors, and metadata naming the
+format, the adapter the tokens were made with and the token shapes, so a loader can
+refuse a damaged or foreign file with a reason instead of failing deep inside sampling.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+import torch
+
+from ..host.folders import identities_folder
+from .types import Identity
+
+log = logging.getLogger(__name__)
+
+FORMAT = "infinite-id-identity"
+VERSION = "1"
+EXTENSION = ".safetensors"
+_NAME = re.compile(r"^[\w\-. ]+$")
+
+
+def _shape_text(tensor: torch.Tensor) -> str:
+    return ",".join(str(d) for d in tensor.shape)
+
+
+def _safe_name(name: str) -> str:
+    name = (name or "").strip()
+    if name.lower().endswith(EXTENSION):
+        name = name[: -len(EXTENSION)]
+    if not name or not _NAME.match(name) or name.strip(".") == "":
+        raise ValueError(f"name: '{name}' is not a usable file name (letters, digits, spaces, '-', '_', '.')")
+    return name
+
+
+def save_identity(identity: Identity, name: str, folder: str | None = None, overwrite: bool = False) -> str:
+    """Write ``identity`` as ``<folder>/<name>.safetensors``; returns the path written.
+
+    Without ``overwrite`` an existing file is kept and a numbered name is used instead.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(identity, Identity):
+        raise ValueError(f"identity: expected an INFINITEID_IDENTITY, got {type(identity).__name__}")
+    folder = folder or identities_folder()
+    os.makedirs(folder, exist_ok=True)
+    stem = _safe_name(name)
+    path = os.path.join(folder, stem + EXTENSION)
+    counter = 1
+    while not overwrite and os.path.exists(path):
+        path = os.path.join(folder, f"{stem}_{counter:05d}{EXTENSION}")
+        counter += 1
+    tensors = {"cond": identity.cond, "uncond": identity.uncond}
+    tensors.update({f"features.{key}": value for key, value in identity.features.items()
+                    if isinstance(value, torch.Tensor)})
+    tensors = {key: value.detach().float().cpu().contiguous().clone() for key, value in tensors.items()}
+    info = identity.info
+    metadata = {
+        "format": FORMAT, "version": VERSION,
+        "adapter": str(info.get("adapter", "")), "adapter_format": str(info.get("adapter_format", "")),
+        "cond_shape": _shape_text(identity.cond), "uncond_shape": _shape_text(identity.uncond),
+        "info": json.dumps(info, default=str),
+    }
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+    log.info("InfiniteIDSaveIdentity: saved %s (%s tokens)", path, metadata["cond_shape"])
+    return path
+
+
+def list_identities(folder: str | None = None) -> list[str]:
+    """Identity files under ``folder`` (subfolders included), as paths relative to it."""
+    folder = folder or identities_folder()
+    found = []
+    if os.path.isdir(folder):
+        for root, _, files in os.walk(folder, followlinks=True):
+            for file in files:
+                if file.lower().endswith(EXTENSION):
+                    found.append(os.path.relpath(os.path.join(root, file), folder).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def identity_path(name: str, folder: str | None = None) -> str:
+    folder = os.path.realpath(folder or identities_folder())
+    path = os.path.realpath(os.path.join(folder, name))
+    if os.path.commonpath([folder, path]) != folder:
+        raise ValueError(f"identity_name: '{name}' points outside {folder}")
+    if not os.path.isfile(path):
+        raise ValueError(f"identity_name: '{name}' was not found in {folder}")
+    return path
+
+
+def load_identity(name: str, folder: str | None = None) -> Identity:
+    """Read and validate an identity file (format, token shapes, finite values)."""
+    from safetensors import safe_open
+
+    path = identity_path(name, folder)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged or foreign file
+        raise ValueError(f"identity_name: '{name}' is not a readable safetensors file ({exc})") from exc
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"identity_name: '{name}' is not an Infinite-ID identity file (format "
+                         f"'{metadata.get('format', 'none')}'); save identities with 'InfiniteID Save Identity'")
+    cond, uncond = tensors.get("cond"), tensors.get("uncond")
+    if cond is None or uncond is None:
+        raise ValueError(f"identity_name: '{name}' lacks its 'cond' or 'uncond' tokens")
+    for key, tensor in (("cond", cond), ("uncond", uncond)):
+        if tensor.dim() != 3 or _shape_text(tensor) != metadata.get(f"{key}_shape"):
+            raise ValueError(f"identity_name: '{name}' has {key} tokens of shape {tuple(tensor.shape)} but its "
+                             f"metadata says {metadata.get(f'{key}_shape')}; the file is damaged")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"identity_name: '{name}' has NaN or infinite {key} tokens; the file is damaged")
+    if cond.shape != uncond.shape:
+        raise ValueError(f"identity_name: '{name}' has cond tokens {tuple(cond.shape)} but uncond tokens "
+                         f"{tuple(uncond.shape)}; the file is damaged")
+    try:
+        info = json.loads(metadata.get("info", "{}"))
+    except json.JSONDecodeError:
+        info = {}
+    info["file"] = name
+    features = {key[len("features."):]: value for key, value in tensors.items() if key.startswith("features.")}
+    return Identity(cond=cond, uncond=uncond, features=features, info=info)

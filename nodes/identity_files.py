@@ -1,0 +1,68 @@
+"""``InfiniteIDSaveIdentity`` / ``InfiniteIDLoadIdentity``: identities as safetensors files.
+
+Files live in ``models/infiniteid/identities/``; ``identity/storage.py`` holds the format.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from ..identity.storage import identity_path, list_identities, load_identity, save_identity
+from .errors import node_error
+
+log = logging.getLogger(__name__)
+
+SAVE = "InfiniteIDSaveIdentity"
+LOAD = "InfiniteIDLoadIdentity"
+
+
+class InfiniteIDSaveIdentity:
+    DESCRIPTION = ("Save an identity (tokens and the features they came from) to models/infiniteid/identities/ as a "
+                   "safetensors file, to reuse it without the reference photos.")
+    CATEGORY = "InfiniteID"
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "identity": ("INFINITEID_IDENTITY",),
+            "name": ("STRING", {"default": "identity", "tooltip": "File name (without .safetensors)."}),
+            "overwrite": ("BOOLEAN", {"default": False,
+                                      "tooltip": "Off: an existing file is kept and a numbered name is used."}),
+        }}
+
+    def save(self, identity, name, overwrite):
+        with node_error(SAVE):
+            path = save_identity(identity, name, overwrite=overwrite)
+        return {"ui": {"text": [path]}}
+
+
+class InfiniteIDLoadIdentity:
+    DESCRIPTION = "Load an identity saved by 'InfiniteID Save Identity' (shapes and values are checked)."
+    CATEGORY = "InfiniteID"
+    RETURN_TYPES = ("INFINITEID_IDENTITY",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"identity_name": (list_identities(),
+                                               {"tooltip": "Files in models/infiniteid/identities/."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, identity_name):
+        """Reload when the file's bytes change, not only when the name does."""
+        try:
+            with open(identity_path(identity_name), "rb") as handle:
+                return hashlib.sha256(handle.read()).hexdigest()
+        except (OSError, ValueError):
+            return ""
+
+    def load(self, identity_name):
+        with node_error(LOAD):
+            return (load_identity(identity_name),)
+
+
+NODE_CLASS_MAPPINGS = {SAVE: InfiniteIDSaveIdentity, LOAD: InfiniteIDLoadIdentity}
+NODE_DISPLAY_NAME_MAPPINGS = {SAVE: "InfiniteID Save Identity", LOAD: "InfiniteID Load Identity"}

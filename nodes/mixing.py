@@ -1,0 +1,78 @@
+"""``InfiniteIDMix`` and ``InfiniteIDInterpolate`` (METHOD.md section 6).
+
+Both act on the identity tokens; ``identity/mixing.py`` says why and how weights act.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..identity.mixing import interpolate, mix, parse_weights, sweep_values
+from .errors import node_error
+
+log = logging.getLogger(__name__)
+
+MIX = "InfiniteIDMix"
+INTERPOLATE = "InfiniteIDInterpolate"
+MAX_MIX = 8
+
+
+class InfiniteIDMix:
+    DESCRIPTION = ("Identity mixing: stack the tokens of several identities so the result carries features of each. "
+                   "Connect two to eight identities.")
+    CATEGORY = "InfiniteID"
+    RETURN_TYPES = ("INFINITEID_IDENTITY",)
+    FUNCTION = "mix"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        sockets = {f"identity_{i}": ("INFINITEID_IDENTITY",) for i in range(3, MAX_MIX + 1)}
+        return {
+            "required": {
+                "identity_1": ("INFINITEID_IDENTITY",),
+                "identity_2": ("INFINITEID_IDENTITY",),
+                "weights": ("STRING", {"default": "", "multiline": False,
+                            "tooltip": "Optional, one per connected identity in socket order, e.g. '1, 0.6'. "
+                                       "1 keeps a person, 0 fades them to a neutral slot. Empty: all 1."}),
+            },
+            "optional": sockets,
+        }
+
+    def mix(self, identity_1, identity_2, weights="", **more):
+        with node_error(MIX):
+            named = [("identity_1", identity_1), ("identity_2", identity_2)]
+            named += [(f"identity_{i}", more[f"identity_{i}"]) for i in range(3, MAX_MIX + 1)
+                      if more.get(f"identity_{i}") is not None]
+            names = [name for name, _ in named]
+            values = parse_weights(weights, len(named))
+            return (mix([identity for _, identity in named], values, names),)
+
+
+class InfiniteIDInterpolate:
+    DESCRIPTION = ("Blend two identities: t = 0 is identity_a, t = 1 is identity_b. With steps > 1 the output holds "
+                   "that many identities from t = 0 to 1; sample it with a latent batch of the same size for a sweep.")
+    CATEGORY = "InfiniteID"
+    RETURN_TYPES = ("INFINITEID_IDENTITY",)
+    FUNCTION = "interpolate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "identity_a": ("INFINITEID_IDENTITY",),
+            "identity_b": ("INFINITEID_IDENTITY",),
+            "t": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
+                            "tooltip": "Share of identity_b (used when steps is 1)."}),
+            "steps": ("INT", {"default": 1, "min": 1, "max": 64,
+                              "tooltip": "1: one blend at t. More: a batch of identities evenly from t = 0 to 1 "
+                                         "(t is then ignored); use a latent batch of the same size."}),
+        }}
+
+    def interpolate(self, identity_a, identity_b, t, steps):
+        with node_error(INTERPOLATE):
+            if steps > 1:
+                log.info("%s: sweep of %d identities from t = 0 to 1 (t input ignored)", INTERPOLATE, steps)
+                return (interpolate(identity_a, identity_b, sweep_values(steps)),)
+            return (interpolate(identity_a, identity_b, t),)
+
+
+NODE_CLASS_MAPPINGS = {MIX: InfiniteIDMix, INTERPOLATE: InfiniteIDInterpolate}
+NODE_DISPLAY_NAME_MAPPINGS = {MIX: "InfiniteID Mix", INTERPOLATE: "InfiniteID Interpolate"}
