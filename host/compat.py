@@ -158,7 +158,8 @@ def noise_sampler_kind(sampler_function: Callable) -> str | None:
         return None
     if "noise_sampler" not in params:
         return None
-    names = getattr(getattr(sampler_function, "__code__", None), "co_names", ())
+    # k-diffusion samplers are wrapped by @torch.no_grad(): inspect the wrapped function.
+    names = getattr(getattr(inspect.unwrap(sampler_function), "__code__", None), "co_names", ())
     if "BrownianTreeNoiseSampler" in names:
         return "brownian"
     return "gaussian"
