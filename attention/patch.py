@@ -123,7 +123,7 @@ class DualStreamPatch:
         return StepState(
             id_rows=torch.cat(ids).to(device),
             text_rows=torch.cat(texts).to(device) if text_computed else None,
-            tokens=torch.cat(tokens).to(device=device, dtype=x.dtype),
+            tokens=torch.cat(tokens).to(device=device),
             identity_active=identity_active,
             mixing=mixing,
         )
@@ -163,8 +163,9 @@ class DualStreamPatch:
         if state is None or not state.identity_active:
             return text_out
         ii = state.id_rows
-        k_img, v_img = self.adapter.kv.project(layer, state.tokens)
-        image_out = compat.optimized_attention(q[ii], k_img.to(q.dtype), v_img.to(q.dtype), heads,
+        # In the model's compute dtype (the latent's dtype can differ: newer hosts keep it float32).
+        k_img, v_img = self.adapter.kv.project(layer, state.tokens.to(q.dtype))
+        image_out = compat.optimized_attention(q[ii], k_img, v_img, heads,
                                                transformer_options=extra)
         out = text_out.clone()
         out[ii] = merge_cross_attention(text_out[ii], image_out, self.settings.weight, self.settings.merge)
