@@ -207,9 +207,20 @@ class DualStreamPatch:
 
     # ------------------------------------------------------------------ device handling
     def to(self, device_or_dtype: Any) -> None:
-        """Follow ComfyUI's ``model_patches_to`` on hosts that do not load patch models."""
-        if not compat.host_loads_patch_models():
-            self.adapter.kv.to(device_or_dtype)
+        """Follow ComfyUI's ``model_patches_to`` on hosts that do not load patch models.
+
+        ComfyUI calls this once per stored patch object (141 of them), so moving is
+        skipped when the weights are already where they should be.
+        """
+        if compat.host_loads_patch_models():
+            return
+        weight = self.adapter.kv.to_k[0].weight
+        if isinstance(device_or_dtype, torch.dtype):
+            if weight.dtype == device_or_dtype:
+                return
+        elif weight.device == torch.device(device_or_dtype):
+            return
+        self.adapter.kv.to(device_or_dtype)
 
 
 def _with_state(c: dict, state: StepState) -> dict:
