@@ -99,6 +99,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--no-reference", action="store_true", help="skip the two-pass reference")
+    parser.add_argument("--attention", choices=["host", "pytorch"], default="pytorch",
+                        help="pytorch: every run uses torch SDPA, as ComfyUI does on GPUs (the CPU default, "
+                             "sub-quadratic attention, is far slower and would dominate the ratios)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     sys.path.insert(0, str(ROOT / "tests"))
@@ -112,6 +115,12 @@ def main() -> None:
     from infinite_id.host import compat
     from infinite_id.sampling.dual_stream import sample_dual_stream
 
+    if args.attention == "pytorch":
+        import comfy.ldm.modules.attention as attention
+
+        attention.optimized_attention = attention.attention_pytorch
+        if hasattr(attention, "optimized_attention_masked"):
+            attention.optimized_attention_masked = attention.attention_pytorch
     model, adapter, identity, cond, neg, latent = build(args)
     full = apply_patch(model, adapter, identity, PatchSettings())
     half = apply_patch(model, adapter, identity, PatchSettings(mix_end_percent=0.5))
@@ -157,7 +166,8 @@ def main() -> None:
     base = statistics.median(times["core KSampler"])
     print(f"# {info.describe()}")
     print(f"# device {device}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}; "
-          f"torch threads {torch.get_num_threads()}; model {args.model}; {args.size}x{args.size}; "
+          f"torch threads {torch.get_num_threads()}; attention {args.attention}; model {args.model}; "
+          f"{args.size}x{args.size}; "
           f"{args.steps} steps {args.sampler}; cfg {cfg}; median of {args.repeats}")
     print(f"{'run':40s} {'seconds':>8s} {'ratio':>6s} {'peak MiB':>9s}")
     for name in runs:
