@@ -13,9 +13,13 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .models import DEMO_SUBSTITUTES, missing_models
+from .workflow_format import ui_to_api
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -26,33 +30,39 @@ def add_parser(commands: Any) -> None:
     p = commands.add_parser("run", help="run a workflow (API or UI format) headlessly")
     p.add_argument("workflow", type=Path, help="workflow JSON")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                   help="override an input; NODE is a node id or title; VALUE is JSON or text")
+                   help="override an input; NODE is a node id, title or type (all nodes of it); VALUE is JSON or text")
     p.add_argument("--demo", action="store_true", help="use tiny built-in models instead of real weights")
     p.add_argument("--output", type=Path, default=None, help="folder for saved images (default: ComfyUI's output)")
     p.set_defaults(handler=run_command)
 
 
 def load_workflow(path: Path) -> tuple[dict, dict | None]:
-    """Return ``(api_prompt, ui_workflow_or_None)``."""
+    """Return ``(api_prompt, ui_workflow_or_None)``; a UI workflow is converted as the editor would.
+
+    The UI workflow is kept so that saved PNGs embed it and open in the editor again.
+    """
     data = json.loads(Path(path).read_text())
     if isinstance(data, dict) and "nodes" in data and "links" in data:
-        raise ValueError(f"{path} is a UI-format workflow; this runner takes API-format prompts for now. In "
-                         "ComfyUI use 'Export (API)' and run that file.")
+        try:
+            return ui_to_api(data), data
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
     if isinstance(data, dict) and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
         return data, None
     raise ValueError(f"{path} is neither an API-format prompt nor a UI-format workflow")
 
 
 def apply_overrides(prompt: dict, overrides: list[str]) -> None:
+    """Apply ``--set NODE.INPUT=VALUE`` items (see ``add_parser``) in place."""
     for item in overrides:
         target, sep, raw = item.partition("=")
         node_ref, dot, input_name = target.rpartition(".")
         if not sep or not dot:
             raise ValueError(f"--set {item!r}: use NODE.INPUT=VALUE")
         matches = [nid for nid, node in prompt.items()
-                   if nid == node_ref or node.get("_meta", {}).get("title") == node_ref]
+                   if node_ref in (nid, node.get("_meta", {}).get("title"), node.get("class_type"))]
         if not matches:
-            raise ValueError(f"--set {item!r}: no node with id or title '{node_ref}'")
+            raise ValueError(f"--set {item!r}: no node with id, title or type '{node_ref}'")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -63,11 +73,9 @@ def apply_overrides(prompt: dict, overrides: list[str]) -> None:
 
 def use_demo_models(prompt: dict, input_dir: Path) -> None:
     """Swap loaders for tiny ones and write a generated reference photo for each LoadImage."""
-    import numpy as np
     from PIL import Image
 
     from ..demo.nodes import register_demo_nodes
-    from ..demo.tiny_insightface import draw_face
 
     register_demo_nodes()
     for node in prompt.values():
@@ -75,17 +83,29 @@ def use_demo_models(prompt: dict, input_dir: Path) -> None:
         # Tiny models at tiny sizes: the demo shows the path working, not the picture.
         if node.get("class_type") == "EmptyLatentImage":
             inputs["width"], inputs["height"] = min(inputs.get("width", 128), 128), min(inputs.get("height", 128), 128)
-        if isinstance(inputs.get("steps"), int) and inputs["steps"] > DEMO_MAX_STEPS:
+        # Denoising steps only (samplers have a scheduler); Interpolate's ``steps`` is a sweep size.
+        if "scheduler" in inputs and isinstance(inputs.get("steps"), int) and inputs["steps"] > DEMO_MAX_STEPS:
             inputs["steps"] = DEMO_MAX_STEPS
         substitute = DEMO_SUBSTITUTES.get(node.get("class_type"))
         if substitute:
             node["class_type"] = substitute
         if node.get("class_type") == "LoadImage":
             name = str(node["inputs"].get("image", "reference.png"))
-            photo = np.full((512, 512, 3), 128, np.uint8)
-            draw_face(photo, 7, 6)
             (input_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(photo).save(input_dir / name)
+            Image.fromarray(demo_photo(name)).save(input_dir / name)
+
+
+def demo_photo(name: str) -> "np.ndarray":
+    """A generated reference photo; each file name gets its own identity (mixing needs two)."""
+    import zlib
+
+    import numpy as np
+
+    from ..demo.tiny_insightface import draw_face
+
+    photo = np.full((512, 512, 3), 128, np.uint8)
+    draw_face(photo, 7, 6, identity=zlib.crc32(name.encode()) % 1000)
+    return photo
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -93,28 +113,37 @@ def run_command(args: argparse.Namespace) -> int:
 
     from ..host.executor import PromptError, Runner
 
-    prompt, ui = load_workflow(args.workflow)
-    apply_overrides(prompt, args.set)
+    try:
+        prompt, ui = load_workflow(args.workflow)
+        apply_overrides(prompt, args.set)
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
         folder_paths.set_output_directory(str(args.output.resolve()))
+    input_dir = folder_paths.get_input_directory()
     with tempfile.TemporaryDirectory(prefix="infiniteid-demo-input-") as demo_input:
-        if args.demo:
-            folder_paths.set_input_directory(demo_input)
-            use_demo_models(prompt, Path(demo_input))
-        else:
-            missing = missing_models(prompt)
-            if missing:
-                log.error("The workflow needs model files that are not installed:\n  %s\n"
-                          "Or run with --demo to see the workflow work on tiny built-in models.", "\n  ".join(missing))
-                return 2
-        out_dir = Path(folder_paths.get_output_directory())
-        before = set(out_dir.rglob("*.png")) if out_dir.exists() else set()
         try:
-            Runner().run(prompt, extra_data={"extra_pnginfo": {"workflow": ui}} if ui else None)
-        except PromptError as exc:
-            log.error("%s", exc)
-            return 1
+            if args.demo:
+                folder_paths.set_input_directory(demo_input)
+                use_demo_models(prompt, Path(demo_input))
+            else:
+                missing = missing_models(prompt)
+                if missing:
+                    log.error("The workflow needs model files that are not installed:\n  %s\nOr run with --demo to "
+                              "see the workflow work on tiny built-in models.", "\n  ".join(missing))
+                    return 2
+            out_dir = Path(folder_paths.get_output_directory())
+            before = set(out_dir.rglob("*.png")) if out_dir.exists() else set()
+            try:
+                Runner().run(prompt, extra_data={"extra_pnginfo": {"workflow": ui}} if ui else None)
+            except PromptError as exc:
+                log.error("%s", exc)
+                return 1
+        finally:
+            # The demo folder is about to go: a later run in this process must not list it.
+            folder_paths.set_input_directory(input_dir)
     written = sorted(set(out_dir.rglob("*.png")) - before)
     for path in written:
         log.info("saved %s", path)

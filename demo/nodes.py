@@ -105,10 +105,13 @@ class InfiniteIDDemoFaceAnalysis:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}, "optional": {"det_size": ("INT", {"default": 640, "min": 128, "max": 2048,
+        # model_name/provider: accepted (and ignored) so a swapped-in real loader's inputs stay valid.
+        return {"required": {}, "optional": {"model_name": ("STRING", {"default": "antelopev2"}),
+                                             "provider": ("STRING", {"default": "CPU"}),
+                                             "det_size": ("INT", {"default": 640, "min": 128, "max": 2048,
                                                                   "step": 32})}}
 
-    def load(self, det_size=640):
+    def load(self, det_size=640, model_name="antelopev2", provider="CPU"):
         return (_face_analysis(det_size),)
 
 

@@ -14,6 +14,19 @@ IF073="$VENV/insightface-0.7.3"   # overlay: PYTHONPATH=$IF073 swaps insightface
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
+# Headless Chromium + chromedriver for the editor test (tests/test_editor.py skips without them).
+# Only as root and only when missing; INFINITEID_NO_APT=1 skips this.
+if ! command -v chromedriver >/dev/null 2>&1 || ! { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+  if [ "$(id -u)" = 0 ] && [ -z "${INFINITEID_NO_APT:-}" ] && command -v apt-get >/dev/null 2>&1; then
+    log "chromium and chromium-driver (apt)"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } ||
+      log "could not install chromium (the editor test will skip)"
+  else
+    log "chromium/chromedriver missing: the editor test will skip (as root, this script installs them with apt-get)"
+  fi
+fi
+
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
 pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
 
