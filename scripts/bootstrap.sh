@@ -57,7 +57,8 @@ pip_install "${constraints[@]}" -r "$ROOT/scripts/requirements-dev.txt"
 if [ -n "$host_reqs" ]; then
   log "requirements of the host at $COMFYUI_PATH"
   printf '%s\n' "$host_reqs" > "$VENV/host-requirements.txt"
-  pip_install "${constraints[@]}" -r "$VENV/host-requirements.txt"
+  # No constraints here: the host's own pins (e.g. its frontend package) win.
+  pip_install -r "$VENV/host-requirements.txt"
   # Current hosts import torchaudio at start-up; no torchaudio is built for torch 2.14.1,
   # the 2.11 wheel imports (its compiled ops are never used by the pack).
   pip_install --no-deps torchaudio==2.11.0

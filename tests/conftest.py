@@ -27,8 +27,23 @@ HOST = _bootstrap.import_host()
 _bootstrap.load_pack()
 
 
+def _libraries() -> str:
+    """Versions of the face libraries in use (the suite runs with insightface 2.x and 0.7.3)."""
+    from importlib import metadata
+
+    found = []
+    for name in ("insightface", "onnxruntime", "onnxruntime-gpu", "torch"):
+        try:
+            module = __import__(name.replace("-gpu", "")) if name == "insightface" else None
+            version = getattr(module, "__version__", None) or metadata.version(name)
+            found.append(f"{name} {version}")
+        except Exception:
+            continue
+    return "libraries: " + ", ".join(found)
+
+
 def pytest_report_header(config):
-    return [HOST.describe()]
+    return [HOST.describe(), _libraries()]
 
 
 def pytest_sessionstart(session):
@@ -36,6 +51,7 @@ def pytest_sessionstart(session):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and session.config.get_verbosity() < 0:
         reporter.write_line(HOST.describe())
+        reporter.write_line(_libraries())
 
 
 @pytest.fixture(scope="session")
