@@ -27,7 +27,7 @@ class InfiniteIDSaveIdentity:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "identity": ("INFINITEID_IDENTITY",),
+            "identity": ("INFINITEID_IDENTITY", {"tooltip": "The identity to save (from Encode, Mix or Interpolate)."}),
             "name": ("STRING", {"default": "identity", "tooltip": "File name (without .safetensors)."}),
             "overwrite": ("BOOLEAN", {"default": False,
                                       "tooltip": "Off: an existing file is kept and a numbered name is used."}),

@@ -25,11 +25,12 @@ class InfiniteIDMix:
 
     @classmethod
     def INPUT_TYPES(cls):
-        sockets = {f"identity_{i}": ("INFINITEID_IDENTITY",) for i in range(3, MAX_MIX + 1)}
+        sockets = {f"identity_{i}": ("INFINITEID_IDENTITY", {"tooltip": f"Optional person {i}."})
+                   for i in range(3, MAX_MIX + 1)}
         return {
             "required": {
-                "identity_1": ("INFINITEID_IDENTITY",),
-                "identity_2": ("INFINITEID_IDENTITY",),
+                "identity_1": ("INFINITEID_IDENTITY", {"tooltip": "First person (from InfiniteID Encode)."}),
+                "identity_2": ("INFINITEID_IDENTITY", {"tooltip": "Second person."}),
                 "weights": ("STRING", {"default": "", "multiline": False,
                             "tooltip": "Optional, one per connected identity in socket order, e.g. '1, 0.6'. "
                                        "1 keeps a person, 0 fades them to a neutral slot. Empty: all 1."}),
@@ -57,8 +58,8 @@ class InfiniteIDInterpolate:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "identity_a": ("INFINITEID_IDENTITY",),
-            "identity_b": ("INFINITEID_IDENTITY",),
+            "identity_a": ("INFINITEID_IDENTITY", {"tooltip": "The identity at t = 0."}),
+            "identity_b": ("INFINITEID_IDENTITY", {"tooltip": "The identity at t = 1."}),
             "t": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
                             "tooltip": "Share of identity_b (used when steps is 1)."}),
             "steps": ("INT", {"default": 1, "min": 1, "max": 64,
