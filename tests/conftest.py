@@ -54,6 +54,24 @@ def pytest_sessionstart(session):
         reporter.write_line(_libraries())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_downloads():
+    """Any attempt by insightface to download fails the test instead of reaching out."""
+    try:
+        from insightface.utils import storage
+    except ImportError:
+        yield
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"insightface tried to download: {args} {kwargs}")
+
+    patcher = pytest.MonkeyPatch()
+    patcher.setattr(storage, "download_file", refuse)
+    yield
+    patcher.undo()
+
+
 @pytest.fixture(scope="session")
 def host_info():
     return HOST

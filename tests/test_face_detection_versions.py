@@ -44,19 +44,6 @@ faces = _load("identity.faces")
 tiny = _load("demo.tiny_insightface")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_downloads():
-    from insightface.utils import storage
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"insightface tried to download: {args} {kwargs}")
-
-    patcher = pytest.MonkeyPatch()
-    patcher.setattr(storage, "download_file", refuse)
-    yield
-    patcher.undo()
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("insightface")

