@@ -163,11 +163,19 @@ def native_state_dict(adapter: Adapter) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def save_native(path: str, adapter: Adapter) -> None:
-    """Write ``adapter`` as a native ``.safetensors`` file."""
+def save_native(path: str, adapter: Adapter, extra_metadata: dict[str, str] | None = None) -> None:
+    """Write ``adapter`` as a native ``.safetensors`` file.
+
+    ``extra_metadata`` (e.g. training provenance) is stored beside the format fields,
+    which it may not override; loaders ignore fields they do not know.
+    """
     import safetensors.torch
 
     meta = native_metadata(adapter)
+    clash = sorted(set(extra_metadata or {}) & set(meta))
+    if clash:
+        raise ValueError(f"extra metadata may not override the format fields {clash}")
+    meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
     safetensors.torch.save_file(native_state_dict(adapter), path, metadata=meta)
     log.info("saved native Infinite-ID adapter '%s' (%s tokens) to %s", adapter.name,
              int(meta["face_tokens"]) + int(meta["clip_tokens"]), path)

@@ -233,3 +233,18 @@ def model_sampling(model: Any) -> Any:
     """The model's sampling object (sigma schedule), on hosts with and without object patches of it."""
     getter = getattr(model, "get_model_object", None)
     return getter("model_sampling") if getter is not None else model.model.model_sampling
+
+
+# ----------------------------------------------------------------------------- training
+
+def transformer_residuals_in_place() -> bool:
+    """The 2024 tree adds transformer residuals in place (``x += n``), which autograd
+    cannot differentiate once ``x`` carries a gradient; newer hosts write ``x = n + x``.
+    Training then has to recompute those blocks in the backward pass (checkpointing)."""
+    import inspect
+
+    import comfy.ldm.modules.attention as attention
+
+    block = attention.BasicTransformerBlock
+    source = inspect.getsource(getattr(block, "_forward", block.forward))
+    return "x += n" in source

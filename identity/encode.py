@@ -10,8 +10,11 @@ the adapter's mappers. Decisions (the paper is silent on them):
   hidden states, then maps once; ``"tokens"`` maps each photo and averages the tokens.
   Embeddings first is what FaceID pipelines do and keeps the mapper on its training
   distribution; tokens first weighs each photo's mapped identity equally.
-- **Negative side**: the tokens of a zero face embedding and of CLIP's view of a black
-  image, the convention of FaceID-Plus adapters (also used for native ones).
+- **Negative side**: the tokens of a zero face embedding and of CLIP's view of a
+  mean-grey image, the convention of FaceID-Plus adapters (their reference feeds an
+  all-zero tensor *after* CLIP normalisation; the CLIP mean colour is the image that
+  ComfyUI's preprocessing maps closest to it, within its 1/255 rounding). Native
+  adapters are trained with the same negative side (``training/pairs.py``).
 - **CLIP crop**: ``norm_crop`` to 224 (see ``faces.CLIP_CROP_SIZE``); the same crops are
   returned as the preview IMAGE.
 """
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 AVERAGE_MODES = ("embeddings", "tokens")
 CLIP_OUTPUTS = {"penultimate": "penultimate_hidden_states", "last": "last_hidden_state"}
+CLIP_MEAN_RGB = (0.48145466, 0.4578275, 0.40821073)  # CLIP's normalisation mean: this colour becomes ~0
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,12 @@ def clip_hidden_states(clip_vision: Any, images_rgb: torch.Tensor, layer: str) -
         output = clip_vision.encode_image(images_rgb)
     hidden = output[CLIP_OUTPUTS[layer]]
     return hidden.float().cpu()
+
+
+def uncond_clip_hidden(clip_vision: Any, layer: str) -> torch.Tensor:
+    """CLIP hidden states of the negative side (``[1, tokens, width]``): the mean-grey image."""
+    blank = torch.tensor(CLIP_MEAN_RGB).view(1, 1, 1, 3).expand(1, CLIP_CROP_SIZE, CLIP_CROP_SIZE, 3).contiguous()
+    return clip_hidden_states(clip_vision, blank, layer)
 
 
 def prepare_face_embeds(embeddings: np.ndarray, mode: str) -> torch.Tensor:
@@ -135,8 +145,7 @@ def encode_identity(face_analysis: Any, clip_vision: Any, adapter: Adapter, imag
 
     # The negative side first: it also tells whether CLIP vision fits the adapter before
     # any face work is done.
-    blank = torch.zeros(1, CLIP_CROP_SIZE, CLIP_CROP_SIZE, 3)
-    uncond_hidden = clip_hidden_states(clip_vision, blank, layer)
+    uncond_hidden = uncond_clip_hidden(clip_vision, layer)
     width = info.get("clip_width")
     if width is not None and uncond_hidden.shape[-1] != int(width):
         raise ValueError(f"clip_vision: this CLIP vision model gives {uncond_hidden.shape[-1]}-wide hidden states but "

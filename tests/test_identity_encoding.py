@@ -84,7 +84,10 @@ def test_full_path_load_image_encode_apply_sample(runner, app, tmp_path):
     identity, faces, latent = got["infiniteid_identity"], got["image"], got["latent"]["samples"]
     ref = reference(rgb, app)
     torch.testing.assert_close(identity.cond, map_tokens(ref["embed"], ref["hidden"]), rtol=1e-5, atol=1e-5)
-    blank = _hidden(torch.zeros(1, 224, 224, 3))
+    # The negative side: CLIP of the image its normalisation maps to ~0 (the CLIP mean colour).
+    grey = torch.empty(1, 224, 224, 3)
+    grey[..., 0], grey[..., 1], grey[..., 2] = 0.48145466, 0.4578275, 0.40821073
+    blank = _hidden(grey)
     torch.testing.assert_close(identity.uncond, map_tokens(torch.zeros(1, 512), blank), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(faces, ref["crop"])
     torch.testing.assert_close(identity.features["face_embeds"], ref["embed"], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,15 @@
+"""Identity-enhanced training of the native adapter (METHOD.md section 3).
+
+The U-Net is frozen and its text cross-attention is switched off: the face mapper, the
+CLIP mapper and the 70 image key/value projections learn to reconstruct a *different*
+photo of the reference person from the identity tokens alone. Rooms:
+
+- ``dataset.py``: the photo folder (one subfolder per person) and its checks;
+- ``cache.py``: faces, ArcFace embeddings, CLIP hidden states and VAE latents, computed
+  once and kept on disk;
+- ``objective.py``: the training patch (identity-only cross-attention), gradient
+  checkpointing and the noise-prediction loss, plain torch over ComfyUI's U-Net;
+- ``trainer.py``: the loop (AdamW, mixed precision, accumulation, resume, checkpoints,
+  loss log, previews);
+- ``state.py``: checkpoint and resume files.
+"""
