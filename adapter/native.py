@@ -16,6 +16,7 @@ token axis (METHOD.md section 2), CLIP tokens first.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 import torch
@@ -176,7 +177,9 @@ def save_native(path: str, adapter: Adapter, extra_metadata: dict[str, str] | No
     if clash:
         raise ValueError(f"extra metadata may not override the format fields {clash}")
     meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
-    safetensors.torch.save_file(native_state_dict(adapter), path, metadata=meta)
+    partial = f"{path}.partial"  # written whole, then renamed: a crash never leaves half a file
+    safetensors.torch.save_file(native_state_dict(adapter), partial, metadata=meta)
+    os.replace(partial, path)
     log.info("saved native Infinite-ID adapter '%s' (%s tokens) to %s", adapter.name,
              int(meta["face_tokens"]) + int(meta["clip_tokens"]), path)
 

@@ -37,9 +37,7 @@ def adapter_copy(adapter: Adapter, dtype: torch.dtype | None = None, device: str
 
 def save_adapter(adapter: Adapter, path: Path, metadata: dict[str, str], dtype: str) -> None:
     """The adapter in the native format, weights in ``dtype``, with ``metadata`` added."""
-    tmp = path.with_suffix(".tmp")
-    save_native(str(tmp), adapter_copy(adapter, SAVE_DTYPES[dtype]), extra_metadata=metadata)
-    tmp.replace(path)
+    save_native(str(path), adapter_copy(adapter, SAVE_DTYPES[dtype]), extra_metadata=metadata)
 
 
 def save_state(folder: Path, state: dict[str, Any]) -> Path:
