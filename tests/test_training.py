@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from infinite_id.attention.blocks import SDXL_LAYERS
-from infinite_id.demo.nodes import _checkpoint, _clip_vision, _face_analysis
+from infinite_id.demo.nodes import _clip_vision, _face_analysis
+from infinite_id.demo.tiny_clip_text import build_tiny_sdxl_clip
+from infinite_id.demo.tiny_sdxl import build_tiny_sdxl
+from infinite_id.demo.tiny_vae import build_tiny_vae
 from infinite_id.training.cache import CacheSettings, Preprocessor, build_cache, cached_uncond_clip
 from infinite_id.training.dataset import scan_photo_folder
 from infinite_id.training.trainer import TrainConfig, Trainer, TrainingError, TrainingModels
@@ -28,8 +31,8 @@ from training_fixtures import RESOLUTION, SMALL_MAPPER, write_people
 
 @pytest.fixture(scope="module")
 def models():
-    model, clip, vae = _checkpoint(0)
-    return TrainingModels(model, vae, clip, "tiny demo SDXL", "demo-hash")
+    # Fresh models: the demo loaders' cached ones have been through other tests' inference.
+    return TrainingModels(build_tiny_sdxl(0), build_tiny_vae(0), build_tiny_sdxl_clip(0), "tiny demo SDXL", "demo-hash")
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +242,22 @@ def test_saved_adapter_loads_in_the_loader_and_samples(models, dataset, tmp_path
     identity, text = got["identity"]["samples"], got["text"]["samples"]
     assert identity.shape == (1, 4, 8, 8) and torch.isfinite(identity).all()
     assert not torch.allclose(identity, text)  # the trained identity changes the image
+
+
+def test_weights_touched_in_inference_mode_still_train(dataset, tmp_path):
+    """ComfyUI runs nodes under inference_mode: a U-Net patched there must still train."""
+    model = build_tiny_sdxl(0)
+    unet = model.model.diffusion_model
+    with torch.inference_mode():
+        for module in list(unet.modules())[:40]:
+            for name, param in list(module._parameters.items()):
+                module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+    assert any(p.is_inference() for p in unet.parameters())
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    t = Trainer(TrainingModels(model), dataset["data"], dataset["uncond"], config(steps=1), tmp_path, holdout=[3])
+    assert not any(p.is_inference() for p in unet.parameters())
+    t.run()
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
 
 
 def test_out_of_memory_names_the_settings_to_lower(models, dataset, tmp_path):

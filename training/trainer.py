@@ -94,6 +94,29 @@ class TrainingModels:
     base_model_hash: str = ""
 
 
+def leave_inference_mode(module: torch.nn.Module) -> int:
+    """Replace inference-mode tensors among ``module``'s weights by ordinary copies (same values).
+
+    ComfyUI runs nodes under ``torch.inference_mode``; weights it touched there (patched
+    and restored, or moved) become inference tensors, which autograd refuses to save
+    for the backward pass. A U-Net used for inference in the same process before
+    training would otherwise fail with a cryptic autograd error. Returns the count.
+    """
+    count = 0
+    for owner in module.modules():
+        for name, param in list(owner._parameters.items()):
+            if param is not None and param.is_inference():
+                owner._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+                count += 1
+        for name, buffer in list(owner._buffers.items()):
+            if buffer is not None and buffer.is_inference():
+                owner._buffers[name] = buffer.clone()
+                count += 1
+    if count:
+        log.info("copied %d U-Net tensors out of inference mode for training", count)
+    return count
+
+
 def oom_types() -> tuple[type, ...]:
     found = [getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)]
     return tuple(t for t in found if isinstance(t, type))
@@ -117,6 +140,7 @@ class Trainer:
         # Frozen: no U-Net gradient is ever computed or stored (ComfyUI leaves requires_grad on;
         # its sampling runs under no_grad, so this changes nothing for inference).
         models.model.model.diffusion_model.requires_grad_(False)
+        leave_inference_mode(models.model.model.diffusion_model)
         self.adapter = self._build_adapter(data, init)
         self.objective = IdentityObjective(models.model, self.adapter.kv, PRECISIONS[config.precision])
         self.sampler = PairSampler(data, train_people, config.identity_drop, uncond_clip,
