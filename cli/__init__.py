@@ -1,11 +1,11 @@
-"""Command line: ``run`` (headless workflow runner), ``train`` (adapter training)."""
+"""Command line: ``run`` (headless workflow runner), ``eval`` (benchmark), ``train`` (adapter training)."""
 from __future__ import annotations
 
 import argparse
 import logging
 from typing import Any
 
-from . import run, train
+from . import evaluate, run, train
 
 
 def main(argv: list[str], host: Any) -> int:
@@ -13,6 +13,7 @@ def main(argv: list[str], host: Any) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     run.add_parser(commands)
+    evaluate.add_parser(commands)
     train.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

