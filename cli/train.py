@@ -91,7 +91,7 @@ def _find(folder: str, name: str | None, what: str) -> str:
     return path
 
 
-def load_models(args: argparse.Namespace, need_encoders: bool) -> tuple[Any, Any, Any, Any, str, str]:
+def load_models(args: argparse.Namespace, need_encoders: bool) -> tuple[Any, Any, Any, Any, Any, str, str]:
     """``(model, clip, vae, clip_vision, face_analysis, base name, base hash)`` from files or the demo."""
     if args.demo:
         from ..demo.nodes import _checkpoint, _clip_vision, _face_analysis
@@ -148,7 +148,8 @@ def preview_person(people: list[str], chosen: str | None) -> tuple[int | None, b
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from ..training.cache import CacheSettings, Preprocessor, build_cache, cached_uncond_clip, needs_models
+    from ..training.cache import (CacheSettings, Preprocessor, build_cache, cached_uncond_clip, needs_models,
+                                  photo_keys)
     from ..training.dataset import TrainingDataError, scan_photo_folder
     from ..training.preview import Previewer
     from ..training.trainer import Trainer, TrainingError, TrainingModels
@@ -160,10 +161,11 @@ def train_command(args: argparse.Namespace) -> int:
         cache_dir = args.cache or output / "cache"
         models_id = "demo" if args.demo else f"{args.checkpoint}|{args.clip_vision}|{args.face_analysis}"
         settings = CacheSettings(resolution=config.resolution, models=models_id)
-        need = needs_models(folder, cache_dir, settings)
+        keys = photo_keys(folder, settings)
+        need = needs_models(keys, cache_dir, settings)
         model, clip, vae, clip_vision, face_analysis, base, base_hash = load_models(args, need)
         pre = Preprocessor(face_analysis, clip_vision, vae, settings) if need else None
-        data = build_cache(folder, cache_dir, pre, settings)
+        data = build_cache(folder, cache_dir, pre, settings, keys)
         uncond = cached_uncond_clip(cache_dir, clip_vision, settings)
         people = [data.people[i] for i in sorted({p.person for p in data.photos})]
         index, held_out = preview_person(people, args.preview_person)

@@ -141,25 +141,38 @@ class Preprocessor:
         return None
 
 
+def photo_keys(folder: PhotoFolder, settings: CacheSettings) -> dict[Path, str]:
+    """Each photo's cache key (unreadable files map to why), read once per run."""
+    keys: dict[Path, str] = {}
+    for person in folder.people:
+        for source in person.photos:
+            try:
+                keys[source] = cache_key(source.read_bytes(), settings)
+            except OSError as exc:
+                keys[source] = f"!cannot be read ({exc})"
+    return keys
+
+
 def build_cache(folder: PhotoFolder, cache_dir: Path, preprocessor: Preprocessor | None,
-                settings: CacheSettings) -> CachedData:
+                settings: CacheSettings, keys: dict[Path, str] | None = None) -> CachedData:
     """Cache every photo of ``folder`` (only new ones are processed) and index the usable ones.
 
     ``preprocessor`` may be ``None`` when every photo is already cached (then no model
     is needed). People left with fewer than two usable photos are dropped with a warning.
+    ``keys``: ``photo_keys`` when the caller has them already.
     """
     from tqdm import tqdm
 
     cache_dir.mkdir(parents=True, exist_ok=True)
+    keys = keys if keys is not None else photo_keys(folder, settings)
     photos: list[CachedPhoto] = []
     skipped: dict[str, str] = {}
     new = 0
     todo = [(i, p) for i, person in enumerate(folder.people) for p in person.photos]
     for person_index, source in tqdm(todo, desc="preprocessing photos", unit="photo", leave=False):
-        try:
-            key = cache_key(source.read_bytes(), settings)
-        except OSError as exc:
-            skipped[str(source)] = f"cannot be read ({exc})"
+        key = keys[source]
+        if key.startswith("!"):
+            skipped[str(source)] = key[1:]
             continue
         target, note = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.skip"
         if note.is_file():
@@ -195,27 +208,21 @@ def build_cache(folder: PhotoFolder, cache_dir: Path, preprocessor: Preprocessor
     return data
 
 
-def needs_models(folder: PhotoFolder, cache_dir: Path, settings: CacheSettings) -> bool:
+def needs_models(keys: dict[Path, str], cache_dir: Path, settings: CacheSettings) -> bool:
     """Whether any photo still has to be processed (else insightface, CLIP vision and the VAE need not load)."""
     if not (cache_dir / f"uncond-{cache_key(b'uncond', settings)}.safetensors").is_file():
         return True
-    for person in folder.people:
-        for source in person.photos:
-            try:
-                key = cache_key(source.read_bytes(), settings)
-            except OSError:
-                continue
-            if not ((cache_dir / f"{key}.safetensors").is_file() or (cache_dir / f"{key}.skip").is_file()):
-                return True
-    return False
+    return any(not key.startswith("!") and not ((cache_dir / f"{key}.safetensors").is_file()
+                                                or (cache_dir / f"{key}.skip").is_file()) for key in keys.values())
 
 
-def load_cached(photo: CachedPhoto) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Tensors and SDXL size conditioning of one cached photo."""
+def load_cached(photo: CachedPhoto, names: tuple[str, ...] | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Tensors (all, or only ``names``) and SDXL size conditioning of one cached photo."""
     from safetensors import safe_open
 
     with safe_open(str(photo.path), framework="pt", device="cpu") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in (names or f.keys())}
         meta = f.metadata() or {}
     return tensors, {k: int(meta[k]) for k in ("height", "width", "crop_h", "crop_w")}
 

@@ -50,8 +50,8 @@ class PairSampler:
             photos = self.people[int(torch.randint(len(self.people), (1,), generator=generator))]
             ref_i, target_i = torch.randperm(len(photos), generator=generator)[:2].tolist()
             drop = bool(torch.rand((), generator=generator) < self.identity_drop)
-            ref, _ = load_cached(photos[ref_i])
-            target, size = load_cached(photos[target_i])
+            ref, _ = load_cached(photos[ref_i], ("face_embedding", "clip_hidden"))
+            target, size = load_cached(photos[target_i], ("latent",))
             if drop:
                 faces.append(torch.zeros(ref["face_embedding"].shape[-1]))
                 clips.append(self.uncond_clip.float())
