@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention.blocks import SDXL_LAYERS, adapter_layer_number
+from ..unet.layers import SDXL_LAYERS, adapter_layer_number
 from .faceid_plus import ARCFACE_DIM
 
 NATIVE = "infinite-id"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.blocks import SDXL_LAYERS, LayerKey
+from ..unet.layers import SDXL_LAYERS, LayerKey
 
 
 class IdentityKV(torch.nn.Module):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import os
 
-from ..attention.blocks import SDXL_LAYERS, adapter_layer_number
-from ..identity.types import Adapter
+from ..unet.layers import SDXL_LAYERS, adapter_layer_number
+from .model import Adapter
 from .detect import FACEID_PLUS_V2, NATIVE, Detected, UnsupportedAdapterError, detect_format
 from .faceid_plus import FaceIDPlusProjection, faceid_plus_config
 from .lora import extract_lora
@@ -65,12 +65,34 @@ def load_adapter_file(path: str) -> Adapter:
     return adapter
 
 
+def check_finite_tensors(tensors: dict, name: str, prefix: str = "") -> None:
+    """Refuse a file whose weights hold NaN or inf, naming the first such tensor.
+
+    Why at load: a non-finite key/value or LoRA weight turns every image black (NaN)
+    with no error anywhere downstream; the file is damaged and only the loader can say
+    which one. Meta-device tensors (shape-only tests) carry no values and are skipped.
+    """
+    import torch
+
+    for key, value in tensors.items():
+        if isinstance(value, dict):
+            check_finite_tensors(value, name, f"{prefix}{key}.")
+        elif (isinstance(value, torch.Tensor) and value.is_floating_point() and not value.is_meta
+              and not bool(torch.isfinite(value).all())):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"'{name}' is damaged: tensor '{prefix}{key}' holds {bad} NaN or infinite value(s) of "
+                             f"{value.numel()}; download the file again (or, for your own training, use an earlier "
+                             f"checkpoint)")
+
+
 def load_adapter_state(sd: dict, metadata: dict | None = None, name: str = "adapter") -> Adapter:
     """An ``Adapter`` from loaded tensors; works on meta-device tensors too (nothing is copied)."""
     kind = "known"
     try:
         found = detect_format(sd, metadata)
         kind = found.kind
+        check_finite_tensors(found.image_proj, name, "image_proj." if found.layout != "native" else "")
+        check_finite_tensors(found.ip_adapter, name, "ip_adapter." if found.layout != "native" else "")
         if found.kind == NATIVE:
             return load_native(found.ip_adapter, metadata or {}, name=name)
         if found.kind == FACEID_PLUS_V2:

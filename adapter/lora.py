@@ -19,8 +19,9 @@ import re
 
 import torch
 
-from ..attention.blocks import SDXL_LAYERS, LayerKey
-from ..identity.types import Adapter
+from ..unet.layers import SDXL_LAYERS
+from ..unet.walk import transformer_paths
+from .model import Adapter
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +40,6 @@ def extract_lora(ip_adapter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         raise ValueError(f"the adapter's LoRA addresses attention processor {max(processors)}, but SDXL has "
                          f"{2 * len(SDXL_LAYERS)}: this LoRA is not for SDXL")
     return lora
-
-
-def transformer_paths(diffusion_model: torch.nn.Module) -> dict[LayerKey, str]:
-    """State-dict path of every transformer block, keyed as ComfyUI keys its attention layers.
-
-    Walks the real module tree in the same order as ``attention.patch.cross_attention_widths``.
-    """
-    found: dict[LayerKey, str] = {}
-    groups = (("input", "input_blocks.{}", getattr(diffusion_model, "input_blocks", [])),
-              ("middle", "middle_block", [getattr(diffusion_model, "middle_block", torch.nn.Identity())]),
-              ("output", "output_blocks.{}", getattr(diffusion_model, "output_blocks", [])))
-    for name, prefix, blocks in groups:
-        for index, block in enumerate(blocks):
-            t = 0
-            for sub, module in block.named_modules():
-                if hasattr(module, "attn1") and hasattr(module, "attn2"):
-                    found[(name, index, t)] = f"{prefix.format(index)}.{sub}"
-                    t += 1
-    return found
 
 
 def lora_key_map(diffusion_model: torch.nn.Module, lora: dict[str, torch.Tensor]) -> dict[str, str]:

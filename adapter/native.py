@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..attention.blocks import SDXL_LAYERS, adapter_layer_number
-from ..identity.types import Adapter
+from ..unet.layers import SDXL_LAYERS, adapter_layer_number
+from .model import Adapter
 from .faceid_plus import ARCFACE_DIM, PerceiverStack
 from .kv import IdentityKV
 

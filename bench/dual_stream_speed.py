@@ -111,7 +111,7 @@ def main() -> None:
     import torch
 
     import nodes
-    from infinite_id.attention.patch import PatchSettings, apply_patch
+    from infinite_id.model_patch.install import PatchSettings, apply_patch
     from infinite_id.host import compat
     from infinite_id.sampling.dual_stream import sample_dual_stream
 

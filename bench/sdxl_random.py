@@ -24,9 +24,9 @@ def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0):
     import comfy.supported_models
 
     from infinite_id.adapter.kv import IdentityKV
-    from infinite_id.attention.blocks import SDXL_LAYERS
-    from infinite_id.attention.patch import cross_attention_widths
-    from infinite_id.identity.types import Adapter
+    from infinite_id.unet.layers import SDXL_LAYERS
+    from infinite_id.unet.walk import cross_attention_widths
+    from infinite_id.adapter.model import Adapter
 
     device = mm.get_torch_device()
     config = comfy.supported_models.SDXL(sdxl_unet_config())

@@ -52,8 +52,8 @@ def main() -> None:
     import torch
 
     from infinite_id.adapter.native import build_native_adapter
-    from infinite_id.attention.blocks import SDXL_LAYERS
-    from infinite_id.attention.patch import cross_attention_widths
+    from infinite_id.unet.layers import SDXL_LAYERS
+    from infinite_id.unet.walk import cross_attention_widths
     from infinite_id.training.objective import IdentityObjective, gradient_checkpointing
 
     device = mm.get_torch_device()

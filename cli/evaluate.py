@@ -77,10 +77,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.limit_prompts < 1:
             raise ValueError("--limit-prompts: must be at least 1")
         prompts = prompts[:args.limit_prompts]
-    out.mkdir(parents=True, exist_ok=True)
+    # Optional libraries first: nothing may fail for a missing one after hours of work.
+    draw_scatter = report_needs()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--output {out}: cannot use it as the report folder ({exc.strerror or exc})") from None
     with tempfile.TemporaryDirectory(prefix="infiniteid-eval-") as scratch:
         identities = _identities(args, Path(scratch))
         scorer, restore = _scorer(args, out)  # before generating: a missing file must not wait hours
+        scorer.draw_scatter = draw_scatter
         try:
             if args.images is not None:
                 configs, found, _ = plan.scan_images(args.images)
@@ -97,6 +103,17 @@ def _evaluate(args: argparse.Namespace) -> int:
             return _report(args, out, images_root, configs, identities, prompts, scorer)
         finally:
             restore()
+
+
+def report_needs() -> bool:
+    """Whether the scatter plot can be drawn (matplotlib); said at the start, not at the end."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        log.warning("matplotlib is not installed (%s): the report will have no scatter.png (pip install "
+                    "matplotlib to get it); everything else is written", exc)
+        return False
+    return True
 
 
 def _identities(args: argparse.Namespace, scratch: Path) -> list:
@@ -180,8 +197,14 @@ def _scorer(args, out: Path):
 
         register_folders()
         root = out / ".demo_models"
-        if not (root / "facenet" / tiny_eval.TINY_FACENET_NAME).is_file():
-            tiny_eval.write_tiny_facenet(root / "facenet")
+        # The tiny FaceNet needs facenet-pytorch: only the facenet backbone may ask for it.
+        if args.backbone == "facenet" and not (root / "facenet" / tiny_eval.TINY_FACENET_NAME).is_file():
+            (root / "facenet").mkdir(parents=True, exist_ok=True)
+            try:
+                tiny_eval.write_tiny_facenet(root / "facenet")
+            except ImportError as exc:
+                raise ValueError(f"--backbone facenet needs facenet-pytorch ({exc}); install it "
+                                 f"({backbones.FACENET_INSTALL}) or use --backbone arcface") from None
         if not (root / "clip" / tiny_eval.TINY_CLIP_NAME / "config.json").is_file():
             tiny_eval.write_tiny_clip(root / "clip")
         for name in ("facenet", "clip"):
@@ -245,7 +268,8 @@ def _report(args, out: Path, images_root: Path, configs, identities, prompts, sc
         cells = [[(images_root / config / i.name / f"{p:02d}.png", found.get((config, i.name, p), False))
                   for p in range(len(prompts))] for i in identities]
         report.write_grid(out / f"grid_{config}.png", cells)
-    report.write_scatter(out / "scatter.png", table)
+    if scorer.draw_scatter:
+        report.write_scatter(out / "scatter.png", table)
     log.info("summary (%s):\n%s", out / "summary.md", (out / "summary.md").read_text())
     missing = sum(1 for t in table if t["images"] == 0)
     if missing:

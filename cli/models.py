@@ -18,6 +18,29 @@ LOADER_INPUTS: dict[str, dict[str, ModelInput]] = {
     "LoraLoaderModelOnly": {"lora_name": ModelInput("loras", "e.g. ip-adapter-faceid-plusv2_sdxl_lora.safetensors")},
 }
 
+# Download addresses of the files the shipped workflows name, written into each loader
+# node's ``properties.models`` (the entries the editor's missing-models panel reads:
+# name, url, directory). The CLIP vision file is h94's copy of OpenCLIP ViT-H/14
+# laion2B, saved under the name IP-Adapter packs use.
+MODEL_URLS: dict[str, str] = {
+    "sd_xl_base_1.0.safetensors":
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors":
+        "https://huggingface.co/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors",
+    "ip-adapter-faceid-plusv2_sdxl.bin":
+        "https://huggingface.co/h94/IP-Adapter-FaceID/resolve/main/ip-adapter-faceid-plusv2_sdxl.bin",
+}
+
+
+def model_metadata(class_type: str, inputs: dict) -> list[dict]:
+    """``properties.models`` entries for one loader node: every file it names, with its folder."""
+    entries = []
+    for input_name, need in LOADER_INPUTS.get(class_type, {}).items():
+        name = inputs.get(input_name)
+        if isinstance(name, str) and name in MODEL_URLS:
+            entries.append({"name": name, "url": MODEL_URLS[name], "directory": need.folder})
+    return entries
+
 # node type -> the tiny built-in node that stands in for it under --demo
 DEMO_SUBSTITUTES: dict[str, str] = {
     "CheckpointLoaderSimple": "InfiniteIDDemoCheckpoint",

@@ -8,15 +8,15 @@ seen working without any weights.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .models import DEMO_SUBSTITUTES, missing_models
-from .workflow_format import ui_to_api
+from ..workflow_io.files import apply_overrides, load_workflow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,50 +36,30 @@ def add_parser(commands: Any) -> None:
     p.set_defaults(handler=run_command)
 
 
-def load_workflow(path: Path) -> tuple[dict, dict | None]:
-    """Return ``(api_prompt, ui_workflow_or_None)``; a UI workflow is converted as the editor would.
+def demo_file_name(name: str, index: int) -> str:
+    """The file the demo writes for a ``LoadImage`` value: a plain name inside its own folder.
 
-    The UI workflow is kept so that saved PNGs embed it and open in the editor again.
+    Why not the value itself: a (shared) workflow's ``LoadImage`` may name ``../x`` or an
+    absolute path, and the demo would overwrite that file anywhere on disk.
     """
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
-        try:
-            return ui_to_api(data), data
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
-    if isinstance(data, dict) and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
-        return data, None
-    raise ValueError(f"{path} is neither an API-format prompt nor a UI-format workflow")
-
-
-def apply_overrides(prompt: dict, overrides: list[str]) -> None:
-    """Apply ``--set NODE.INPUT=VALUE`` items (see ``add_parser``) in place."""
-    for item in overrides:
-        target, sep, raw = item.partition("=")
-        node_ref, dot, input_name = target.rpartition(".")
-        if not sep or not dot:
-            raise ValueError(f"--set {item!r}: use NODE.INPUT=VALUE")
-        matches = [nid for nid, node in prompt.items()
-                   if node_ref in (nid, node.get("_meta", {}).get("title"), node.get("class_type"))]
-        if not matches:
-            raise ValueError(f"--set {item!r}: no node with id, title or type '{node_ref}'")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        for nid in matches:
-            prompt[nid]["inputs"][input_name] = value
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name.replace("\\", "/")).stem).strip("._")[:60]
+    return f"demo_{index:02d}_{stem or 'image'}.png"
 
 
 def use_demo_models(prompt: dict, input_dir: Path) -> None:
-    """Swap loaders for tiny ones and write a generated reference photo for each LoadImage."""
+    """Swap loaders for tiny ones and write a generated reference photo for each LoadImage.
+
+    The photos are written only inside ``input_dir`` (the demo's temporary folder), under
+    names from :func:`demo_file_name`; each ``LoadImage`` is pointed at its photo.
+    """
     from PIL import Image
 
     from ..demo.nodes import register_demo_nodes
 
     register_demo_nodes()
+    written: dict[str, str] = {}
     for node in prompt.values():
-        inputs = node.get("inputs", {})
+        inputs = node.setdefault("inputs", {})
         # Tiny models at tiny sizes: the demo shows the path working, not the picture.
         if node.get("class_type") == "EmptyLatentImage":
             inputs["width"], inputs["height"] = min(inputs.get("width", 128), 128), min(inputs.get("height", 128), 128)
@@ -90,9 +70,12 @@ def use_demo_models(prompt: dict, input_dir: Path) -> None:
         if substitute:
             node["class_type"] = substitute
         if node.get("class_type") == "LoadImage":
-            name = str(node["inputs"].get("image", "reference.png"))
-            (input_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(demo_photo(name)).save(input_dir / name)
+            name = str(inputs.get("image", "reference.png"))
+            if name not in written:
+                written[name] = demo_file_name(name, len(written))
+                # Each original name keeps its own generated identity (mixing needs two).
+                Image.fromarray(demo_photo(name)).save(Path(input_dir) / written[name])
+            inputs["image"] = written[name]
 
 
 def demo_photo(name: str) -> "np.ndarray":
@@ -120,7 +103,12 @@ def run_command(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     if args.output is not None:
-        args.output.mkdir(parents=True, exist_ok=True)
+        try:
+            args.output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # an existing file, no permission, a read-only disk
+            log.error("--output %s: cannot use it as the output folder (%s); give a folder path",
+                      args.output, exc.strerror or exc)
+            return 2
         folder_paths.set_output_directory(str(args.output.resolve()))
     input_dir = folder_paths.get_input_directory()
     with tempfile.TemporaryDirectory(prefix="infiniteid-demo-input-") as demo_input:

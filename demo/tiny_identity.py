@@ -2,7 +2,7 @@
 
 Until an identity comes from a photo, ``InfiniteIDApply`` can be driven directly: build
 an ``Adapter`` (per-layer image key/value projections) and an ``Identity`` (cond and
-uncond tokens) and pass both to ``attention.patch.apply_patch``. These helpers do that
+uncond tokens) and pass both to ``model_patch.install.apply_patch``. These helpers do that
 with seeded random values sized for a given U-Net.
 """
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 
 from ..adapter.kv import IdentityKV
-from ..attention.blocks import SDXL_LAYERS
-from ..attention.patch import cross_attention_widths
-from ..identity.types import Adapter, Identity
+from ..unet.layers import SDXL_LAYERS
+from ..unet.walk import cross_attention_widths
+from ..adapter.model import Adapter
+from ..identity.types import Identity
 from .tiny_sdxl import TINY_CONTEXT_DIM, init_weights_
 
 TINY_IDENTITY_TOKENS = 4

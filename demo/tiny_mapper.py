@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..identity.types import Adapter
+from ..adapter.model import Adapter
 from .tiny_identity import build_tiny_adapter
 from .tiny_sdxl import TINY_CONTEXT_DIM, init_weights_
 

@@ -29,6 +29,7 @@ class Scorer:
     clip: Any = None
     lpips: Any = None  # quality.load_lpips, when asked for
     fid: Any = None  # quality.load_fid_extractor, when asked for
+    draw_scatter: bool = True  # False when matplotlib is missing (checked before any work)
 
 
 @dataclass

@@ -62,13 +62,26 @@ def load_identities(folder: Path) -> list[Identity]:
         raise ValueError(f"--identities: {folder} is not a folder; put one photo per person in it (e.g. "
                          f"{folder}/alice.png) or one subfolder per person")
     found: dict[str, Path] = {}
+    sources: dict[str, list[str]] = {}  # case-folded identity name -> the entries that give it
     for entry in sorted(folder.iterdir()):
+        name = None
         if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
-            found.setdefault(safe_name(entry.stem), entry)
+            name, photo = safe_name(entry.stem), entry
         elif entry.is_dir():
             photos = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if photos:
-                found.setdefault(safe_name(entry.name), photos[0])
+                name, photo = safe_name(entry.name), photos[0]
+        if name is not None:
+            found.setdefault(name, photo)
+            sources.setdefault(name.casefold(), []).append(entry.name + ("/" if entry.is_dir() else ""))
+    # Names are folder and file names in the output (and case-insensitive on some disks):
+    # two entries giving one name would silently share, or drop, a person.
+    clashes = {key: entries for key, entries in sources.items() if len(entries) > 1}
+    if clashes:
+        listed = "; ".join(" and ".join(entries) for entries in clashes.values())
+        raise ValueError(f"--identities: these entries in {folder} give the same identity name (names are compared "
+                         f"without case, and characters other than letters, digits, '.', '-', '_' become '_'): "
+                         f"{listed}. Rename or remove all but one of each")
     if not found:
         raise ValueError(f"--identities: no identity photos in {folder} (expected {', '.join(IMAGE_SUFFIXES)} "
                          f"files, one per person, or one subfolder per person)")

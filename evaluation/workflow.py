@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from ..cli.run import apply_overrides, load_workflow
+from ..workflow_io.files import apply_overrides, load_workflow
 from .plan import Config
 
 REFERENCE_TITLE = "reference photo"

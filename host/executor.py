@@ -81,6 +81,26 @@ def capture(label: str, **inputs: Any) -> dict:
     return {"class_type": CAPTURE_NODE, "inputs": {"label": label, **inputs}}
 
 
+class _QuietUserErrors(logging.Filter):
+    """Drop the executor's traceback log lines while it handles a user-facing node error.
+
+    Both hosts log ``!!! Exception during processing !!!`` and the full traceback of any
+    node exception. For the pack's own messages (``InfiniteIDError``: the node, the input
+    and what to do) the traceback only buries them; the caller reports the message. Any
+    other exception keeps its traceback, which is what a bug report needs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import sys
+
+        from ..nodes.errors import InfiniteIDError
+
+        if record.levelno < logging.ERROR or not isinstance(sys.exc_info()[1], InfiniteIDError):
+            return True
+        text = str(record.msg)
+        return not (text.startswith("!!! Exception during processing") or text.startswith("Traceback"))
+
+
 class Runner:
     """One executor kept across prompts, so unchanged nodes are cached as in the server."""
 
@@ -96,7 +116,13 @@ class Runner:
             raise PromptError(_format_validation(error, node_errors), details=node_errors)
         _captured.clear()
         self.server.messages.clear()
-        self.executor.execute(prompt, str(uuid.uuid4()), extra_data or {}, list(outputs))
+        quiet = _QuietUserErrors()
+        root = logging.getLogger()
+        root.addFilter(quiet)
+        try:
+            self.executor.execute(prompt, str(uuid.uuid4()), extra_data or {}, list(outputs))
+        finally:
+            root.removeFilter(quiet)
         # status_messages holds every event, also those the server would not broadcast.
         for event, data in self.executor.status_messages:
             if event == "execution_error":

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from .faces import CLIP_CROP_SIZE, FaceCrop, check_face_analysis, detection_sizes, find_face
-from .images import check_finite, split_images, to_bgr_uint8
-from .types import Adapter, Identity
+from .images import check_pixels, split_images, to_bgr_uint8
+from ..adapter.model import Adapter
+from .types import Identity, token_problem
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ def _check_tokens(tokens: torch.Tensor, adapter: Adapter) -> torch.Tensor:
     if tokens.dim() != 3 or tokens.shape[-1] != adapter.token_dim:
         raise ValueError(f"adapter: '{adapter.name}' mappers give tokens of shape {tuple(tokens.shape)} but its "
                          f"key/value weights read {adapter.token_dim}-d tokens; the adapter file is inconsistent")
-    if not torch.isfinite(tokens).all():
-        raise ValueError(f"adapter: '{adapter.name}' produced NaN or infinite tokens; the adapter file is damaged")
+    problem = token_problem(tokens)
+    if problem:
+        raise ValueError(f"adapter: '{adapter.name}' produced tokens with {problem}; the adapter file is damaged")
     return tokens
 
 
@@ -138,7 +140,7 @@ def encode_identity(face_analysis: Any, clip_vision: Any, adapter: Adapter, imag
     _check_adapter(adapter)
     check_face_analysis(face_analysis)
     images = split_images(image)
-    check_finite(images)
+    check_pixels(images)
     info = adapter.info
     layer = info.get("clip_layer", "penultimate")
     embed_mode = info.get("face_embedding", "normalized")

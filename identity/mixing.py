@@ -16,11 +16,12 @@ Raw features are kept under ``a.``/``b.`` (or ``1.``, ``2.``...) prefixes for re
 from __future__ import annotations
 
 import logging
+import math
 from typing import Sequence
 
 import torch
 
-from .types import Identity
+from .types import Identity, check_identity, token_problem
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def mix(identities: Sequence[Identity], weights: Sequence[float] | None = None,
     if len(identities) < 1:
         raise ValueError("connect at least one identity")
     weights = list(weights) if weights is not None else [1.0] * len(identities)
+    for identity, name in zip(identities, names):
+        check_identity(identity, name)
     _check_token_dims(identities, names)
     batch = _common_batch(identities, names)
     conds, unconds, features = [], [], {}
@@ -87,6 +90,9 @@ def mix(identities: Sequence[Identity], weights: Sequence[float] | None = None,
         conds.append(cond.expand(batch, -1, -1))
         unconds.append(identity.uncond.expand(batch, -1, -1))
         features.update(_prefixed(str(i + 1), identity))
+    problem = token_problem(torch.cat(conds, dim=1))
+    if problem:
+        raise ValueError(f"weights: {weights} push the mixed tokens to {problem}; use weights near 0..1")
     info = {"mix": [identity.info for identity in identities], "weights": weights,
             "tokens": [identity.cond.shape[1] for identity in identities]}
     log.info("InfiniteIDMix: %d identities, %s tokens in all, weights %s", len(identities),
@@ -109,11 +115,15 @@ def interpolate(a: Identity, b: Identity, t: float | Sequence[float]) -> Identit
     then ``a`` and ``b`` must be single identities.
     """
     names = ("identity_a", "identity_b")
+    check_identity(a, names[0])
+    check_identity(b, names[1])
     _check_token_dims((a, b), names)
     if a.cond.shape[1] != b.cond.shape[1]:
         raise ValueError(f"identity_a has {a.cond.shape[1]} tokens and identity_b {b.cond.shape[1]}; blend "
                          f"identities of the same kind (e.g. two single identities, or two mixes of as many people)")
     ts = [float(t)] if isinstance(t, (int, float)) else [float(v) for v in t]
+    if not all(math.isfinite(v) for v in ts):
+        raise ValueError(f"t: {t} is not a finite number; use a value from 0 to 1")
     if len(ts) > 1 and (a.batch > 1 or b.batch > 1):
         raise ValueError(f"a sweep needs single identities; identity_a holds {a.batch} and identity_b {b.batch}")
     _common_batch((a, b), names)

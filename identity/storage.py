@@ -16,7 +16,7 @@ import re
 import torch
 
 from ..host.folders import identities_folder
-from .types import Identity
+from .types import Identity, token_problem
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,9 @@ FORMAT = "infinite-id-identity"
 VERSION = "1"
 EXTENSION = ".safetensors"
 _NAME = re.compile(r"^[\w\-. ]+$")
+# File systems allow 255 bytes per name; the stem leaves room for "_00001", the extension
+# and the ".tmp" of the atomic write, so a long name is refused here, not by the OS.
+MAX_STEM_BYTES = 200
 
 
 def _shape_text(tensor: torch.Tensor) -> str:
@@ -35,7 +38,11 @@ def _safe_name(name: str) -> str:
     if name.lower().endswith(EXTENSION):
         name = name[: -len(EXTENSION)]
     if not name or not _NAME.match(name) or name.strip(".") == "":
-        raise ValueError(f"name: '{name}' is not a usable file name (letters, digits, spaces, '-', '_', '.')")
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise ValueError(f"name: {shown!r} is not a usable file name (letters, digits, spaces, '-', '_', '.')")
+    if len(name.encode("utf-8")) > MAX_STEM_BYTES:
+        raise ValueError(f"name: '{name[:40]}...' is {len(name.encode('utf-8'))} bytes long; file names may have "
+                         f"at most {MAX_STEM_BYTES} (the file system's limit is 255 per name). Use a shorter name")
     return name
 
 
@@ -68,8 +75,14 @@ def save_identity(identity: Identity, name: str, folder: str | None = None, over
         "info": json.dumps(info, default=str),
     }
     tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only folder, permissions: say where, keep no half file
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ValueError(f"name: could not write {path} ({exc.strerror or exc}); check the folder and free "
+                         f"space") from exc
     log.info("InfiniteIDSaveIdentity: saved %s (%s tokens)", path, metadata["cond_shape"])
     return path
 
@@ -87,6 +100,11 @@ def list_identities(folder: str | None = None) -> list[str]:
 
 
 def identity_path(name: str, folder: str | None = None) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"identity_name: no identity file chosen; save one with 'InfiniteID Save Identity' into "
+                         f"{folder or identities_folder()}")
+    if "\0" in name:
+        raise ValueError(f"identity_name: {name!r} contains a NUL character; choose a file from the list")
     folder = os.path.realpath(folder or identities_folder())
     path = os.path.realpath(os.path.join(folder, name))
     if os.path.commonpath([folder, path]) != folder:
@@ -117,8 +135,9 @@ def load_identity(name: str, folder: str | None = None) -> Identity:
         if tensor.dim() != 3 or _shape_text(tensor) != metadata.get(f"{key}_shape"):
             raise ValueError(f"identity_name: '{name}' has {key} tokens of shape {tuple(tensor.shape)} but its "
                              f"metadata says {metadata.get(f'{key}_shape')}; the file is damaged")
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"identity_name: '{name}' has NaN or infinite {key} tokens; the file is damaged")
+        problem = token_problem(tensor)
+        if problem:
+            raise ValueError(f"identity_name: '{name}' has {problem} in its {key} tokens; the file is damaged")
     if cond.shape != uncond.shape:
         raise ValueError(f"identity_name: '{name}' has cond tokens {tuple(cond.shape)} but uncond tokens "
                          f"{tuple(uncond.shape)}; the file is damaged")

@@ -1,4 +1,4 @@
-"""The objects that travel between nodes as ``INFINITEID_IDENTITY`` and ``INFINITEID_ADAPTER``."""
+"""The object that travels between nodes as ``INFINITEID_IDENTITY``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,7 +6,24 @@ from typing import Any
 
 import torch
 
-from ..adapter.kv import IdentityKV
+# Identity tokens are refused beyond float16's largest number: users run SDXL in fp16,
+# where such a token becomes inf in the key/value projection and the image NaN/black.
+# Mapped tokens are LayerNorm outputs (|x| of a few units), so real identities are far
+# below this; a token this large is a damaged file or a runaway weight, never a style.
+TOKEN_LIMIT = float(torch.finfo(torch.float16).max)  # 65504
+
+
+def token_problem(tokens: torch.Tensor) -> str | None:
+    """Why ``tokens`` cannot be used (NaN/inf, or beyond ``TOKEN_LIMIT``), or ``None``."""
+    if tokens.numel() == 0:
+        return None
+    if not torch.isfinite(tokens).all():
+        return "NaN or infinite values"
+    peak = float(tokens.detach().abs().max())
+    if peak > TOKEN_LIMIT:
+        return (f"values up to {peak:.3g}, beyond {TOKEN_LIMIT:g} (float16's largest number, which SDXL runs in; "
+                f"real identity tokens are a few units)")
+    return None
 
 
 @dataclass
@@ -28,65 +45,33 @@ class Identity:
         if self.cond.dim() != 3 or self.cond.shape != self.uncond.shape:
             raise ValueError(f"identity tokens must be [n, tokens, dim] for cond and uncond alike; "
                              f"got cond {tuple(self.cond.shape)} and uncond {tuple(self.uncond.shape)}")
-        if not torch.isfinite(self.cond).all() or not torch.isfinite(self.uncond).all():
-            raise ValueError("identity tokens contain NaN or infinite values; re-encode the reference image")
+        for side in ("cond", "uncond"):
+            problem = token_problem(getattr(self, side))
+            if problem:
+                raise ValueError(f"identity {side} tokens contain {problem}; re-encode the reference image")
 
     @property
     def batch(self) -> int:
         return self.cond.shape[0]
 
 
-@dataclass
-class Adapter:
-    """An identity adapter: the mappers that turn face features into identity tokens and
-    the per-layer image key/value projections that attend to them.
+def check_identity(identity: Any, input_name: str) -> Identity:
+    """An ``INFINITEID_IDENTITY`` input checked where it enters a node (type, shape, values).
 
-    ``mapper`` is a module called as ``mapper(face_embeds, clip_hidden)`` with
-    ``face_embeds`` ``[n, 512]`` (ArcFace) and ``clip_hidden`` ``[n, tokens, width]``
-    (CLIP vision hidden states); it returns ``[n, num_tokens, token_dim]``. ``info``
-    records how the inputs must be prepared:
-
-    - ``format``: ``"infinite-id"`` (native), ``"faceid-plus-v2"``, ``"demo"``;
-    - ``num_tokens``, ``token_dim``;
-    - ``clip_layer``: ``"penultimate"`` or ``"last"`` hidden states;
-    - ``clip_width``: the CLIP vision hidden size the mapper expects;
-    - ``face_embedding``: ``"normalized"`` (unit ArcFace vector) or ``"raw"``;
-    - ``base_model``: ``"sdxl"``.
-
-    ``lora`` holds the U-Net LoRA an adapter was trained with, if any (FaceID-Plus-v2),
-    in its file's names ``{n}.to_q_lora.down.weight`` ...; ``adapter/lora.py`` applies it.
+    Identities are checked when made, but the object is mutable and other packs may
+    build their own, so the nodes that take one check it again, naming their input.
     """
-
-    kv: IdentityKV
-    mapper: torch.nn.Module | None = None
-    name: str = "adapter"
-    info: dict[str, Any] = field(default_factory=dict)
-    _patcher: Any = None
-    lora: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def encode_tokens(self, face_embeds: torch.Tensor, clip_hidden: torch.Tensor) -> torch.Tensor:
-        """Identity tokens from prepared features (see ``info`` for how to prepare them)."""
-        if self.mapper is None:
-            raise ValueError(f"adapter '{self.name}' has no mappers; it cannot encode an identity")
-        param = next(self.mapper.parameters(), None)
-        dtype = param.dtype if param is not None else face_embeds.dtype
-        device = param.device if param is not None else face_embeds.device
-        with torch.no_grad():
-            return self.mapper(face_embeds.to(device, dtype), clip_hidden.to(device, dtype)).float().cpu()
-
-    @property
-    def token_dim(self) -> int:
-        return self.kv.token_dim
-
-    def model_patcher(self, load_device: torch.device, offload_device: torch.device):
-        """The projections wrapped in ComfyUI's ``ModelPatcher``, made once and shared.
-
-        ComfyUI then loads and offloads them with the U-Net and counts their memory,
-        instead of the pack moving them behind the memory manager's back.
-        """
-        if self._patcher is None:
-            import comfy.model_patcher
-
-            self._patcher = comfy.model_patcher.ModelPatcher(
-                self.kv, load_device=load_device, offload_device=offload_device)
-        return self._patcher
+    if not isinstance(identity, Identity):
+        raise ValueError(f"{input_name}: expected an INFINITEID_IDENTITY (from InfiniteID Encode, Load Identity, "
+                         f"Mix or Interpolate), got {type(identity).__name__}")
+    for side in ("cond", "uncond"):
+        tokens = getattr(identity, side)
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
+            raise ValueError(f"{input_name}: {side} tokens are not an [n, tokens, dim] tensor")
+        problem = token_problem(tokens)
+        if problem:
+            raise ValueError(f"{input_name}: {side} tokens contain {problem}; re-encode or re-load that identity")
+    if identity.cond.shape != identity.uncond.shape:
+        raise ValueError(f"{input_name}: cond tokens {tuple(identity.cond.shape)} and uncond tokens "
+                         f"{tuple(identity.uncond.shape)} differ in shape")
+    return identity

@@ -1,13 +1,40 @@
-"""``InfiniteIDAdapterLoader``: load an identity adapter from ``models/infiniteid``."""
+"""``InfiniteIDAdapterLoader``: load an identity adapter from ``models/infiniteid``.
+
+The file list leaves out ``identities/`` (saved identities share the folder tree, but are
+not adapters) and always offers the expected default file, as the face-analysis loader
+offers ``antelopev2``: a shipped workflow then passes ComfyUI's "value not in list" check
+and the user reaches this node's message naming the file and its folder.
+"""
 from __future__ import annotations
 
 import os
 
-from ..adapter.loader import load_adapter_file
-from ..host.folders import ADAPTERS, folder_paths_for, missing_file_message
+from ..adapter.loader import load_adapter_file, read_metadata
+from ..host.folders import ADAPTERS, IDENTITIES_SUBFOLDER, folder_paths_for, missing_file_message
+from ..identity.storage import FORMAT as IDENTITY_FORMAT
 from .errors import node_error
 
 NODE = "InfiniteIDAdapterLoader"
+DEFAULT_ADAPTER = "ip-adapter-faceid-plusv2_sdxl.bin"
+
+
+def adapter_files() -> list[str]:
+    """Files in every ``infiniteid`` folder except saved identities; the default name first when absent."""
+    import folder_paths
+
+    folder_paths_for(ADAPTERS)  # make sure the folder is registered before listing it
+    prefix = IDENTITIES_SUBFOLDER + "/"
+    names = [name for name in folder_paths.get_filename_list(ADAPTERS)
+             if not name.replace(os.sep, "/").startswith(prefix)]
+    return names if DEFAULT_ADAPTER in names else [DEFAULT_ADAPTER] + names
+
+
+def is_identity_file(path: str) -> bool:
+    """A file written by 'InfiniteID Save Identity' (its safetensors metadata says so)."""
+    try:
+        return read_metadata(path).get("format") == IDENTITY_FORMAT
+    except Exception:  # noqa: BLE001 - an unreadable header is the loader's to report
+        return False
 
 
 class InfiniteIDAdapterLoader:
@@ -22,13 +49,11 @@ class InfiniteIDAdapterLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        import folder_paths
-
-        folder_paths_for(ADAPTERS)  # make sure the folder is registered before listing it
         return {"required": {
-            "adapter_name": (folder_paths.get_filename_list(ADAPTERS), {
+            "adapter_name": (adapter_files(), {
                 "tooltip": "An adapter file in models/infiniteid (.safetensors, or a legacy .bin read without "
-                           "running code). Native Infinite-ID and IP-Adapter FaceID-Plus-v2 SDXL files work."}),
+                           "running code). Native Infinite-ID and IP-Adapter FaceID-Plus-v2 SDXL files work. "
+                           f"{DEFAULT_ADAPTER} is always listed; if it is not installed, running says where it goes."}),
         }}
 
     def load(self, adapter_name: str):
@@ -41,6 +66,10 @@ class InfiniteIDAdapterLoader:
                 raise ValueError("input 'adapter_name': " + missing_file_message(
                     adapter_name or "(no adapter selected)", folder,
                     "native Infinite-ID adapters or ip-adapter-faceid-plusv2_sdxl.bin"))
+            if is_identity_file(path):
+                raise ValueError(f"input 'adapter_name': '{adapter_name}' is a saved identity (written by "
+                                 "'InfiniteID Save Identity'), not an adapter. Load it with 'InfiniteID Load "
+                                 f"Identity' from models/infiniteid/{IDENTITIES_SUBFOLDER}/.")
             try:
                 return (load_adapter_file(path),)
             except ValueError as exc:

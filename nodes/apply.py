@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from ..adapter.lora import apply_adapter_lora
-from ..attention.blocks import parse_block_list
+from ..unet.layers import parse_block_list
 from ..attention.functional import ADAIN_MODES, ATTENTION_MODES
-from ..attention.patch import PatchSettings, apply_patch
+from ..model_patch.install import PatchSettings, apply_patch
 from .errors import node_error
 
 NODE = "InfiniteIDApply"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..identity.encode import AVERAGE_MODES, EncodeSettings, encode_identity
 from .errors import node_error
+from .inputs import checked_inputs
 
 NODE = "InfiniteIDEncode"
 
@@ -36,6 +37,7 @@ class InfiniteIDEncode:
                                                     "still fails when no image has one."}),
         }}
 
+    @checked_inputs(NODE)
     def encode(self, face_analysis, clip_vision, adapter, image, face_index, average, skip_images_without_face):
         with node_error(NODE):
             settings = EncodeSettings(face_index=face_index, average=average,

@@ -5,7 +5,15 @@ import contextlib
 
 
 class InfiniteIDError(ValueError):
-    """A user-facing error: the message names the node and, where known, the input."""
+    """A user-facing error: the message names the node and, where known, the input.
+
+    ComfyUI shows an error's type as ``module.ClassName`` (``execution.full_type_name``)
+    and names a custom node pack's modules by their file path, so a class defined here
+    would show the user's directory tree in every message. Declared as a builtin, the
+    type reads ``InfiniteIDError`` and the message ``InfiniteIDApply: ...``.
+    """
+
+    __module__ = "builtins"
 
 
 @contextlib.contextmanager

@@ -15,8 +15,9 @@ import numpy as np
 from ..evaluation import backbones
 from ..evaluation.annotate import annotate
 from ..evaluation.scoring import BACKBONES, analyse_faces, clip_i, clip_t, face_similarity, reference_face
-from ..identity.images import check_finite, split_images
+from ..identity.images import check_pixels, split_images
 from .errors import node_error
+from .inputs import checked_inputs
 
 SIMILARITY = "InfiniteIDFaceSimilarity"
 CLIP_SCORE = "InfiniteIDClipScore"
@@ -30,7 +31,7 @@ _REFERENCE_TIP = "The identity's reference photo (its largest face is used; the 
 def _rgb_uint8(image: Any, name: str) -> list[np.ndarray]:
     try:
         parts = split_images(image)
-        check_finite(parts)
+        check_pixels(parts)
     except ValueError as exc:
         raise ValueError(str(exc).replace("image:", f"{name}:", 1)) from exc
     return [(p.clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8) for p in parts]
@@ -70,6 +71,7 @@ class InfiniteIDFaceSimilarity:
                               "tooltip": "FaceNet weights in models/facenet/ (used by the facenet backbone only)."}),
         }}
 
+    @checked_inputs(SIMILARITY)
     def score(self, face_analysis, image, reference, backbone, facenet_model):
         with node_error(SIMILARITY):
             images = _rgb_uint8(image, "image")
@@ -107,6 +109,7 @@ class InfiniteIDClipScore:
                                   "tooltip": "The prompt the images were generated from (for CLIP-T)."}),
         }}
 
+    @checked_inputs(CLIP_SCORE)
     def score(self, face_analysis, image, reference, clip_model, prompt):
         with node_error(CLIP_SCORE):
             if not str(prompt).strip():

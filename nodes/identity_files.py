@@ -9,6 +9,7 @@ import logging
 
 from ..identity.storage import identity_path, list_identities, load_identity, save_identity
 from .errors import node_error
+from .inputs import checked_inputs
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class InfiniteIDSaveIdentity:
                                       "tooltip": "Off: an existing file is kept and a numbered name is used."}),
         }}
 
+    @checked_inputs(SAVE)
     def save(self, identity, name, overwrite):
         with node_error(SAVE):
             path = save_identity(identity, name, overwrite=overwrite)
@@ -43,6 +45,7 @@ class InfiniteIDLoadIdentity:
     DESCRIPTION = "Load an identity saved by 'InfiniteID Save Identity' (shapes and values are checked)."
     CATEGORY = "InfiniteID"
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
+    RETURN_NAMES = ("identity",)
     FUNCTION = "load"
 
     @classmethod
@@ -59,9 +62,28 @@ class InfiniteIDLoadIdentity:
         except (OSError, ValueError):
             return ""
 
+    @checked_inputs(LOAD)
     def load(self, identity_name):
         with node_error(LOAD):
-            return (load_identity(identity_name),)
+            try:
+                return (load_identity(identity_name),)
+            except ValueError as exc:
+                if "not an Infinite-ID identity file" in str(exc) and _is_adapter(identity_path(identity_name)):
+                    raise ValueError(f"identity_name: '{identity_name}' is an adapter, not a saved identity. Put it "
+                                     "in models/infiniteid/ and load it with 'InfiniteID Adapter Loader'.") from exc
+                raise
+
+
+def _is_adapter(path: str) -> bool:
+    """Whether a file that is not an identity is an adapter the adapter loader would read."""
+    from ..adapter.detect import detect_format
+    from ..adapter.loader import read_metadata, read_state_dict
+
+    try:
+        detect_format(read_state_dict(path), read_metadata(path))
+        return True
+    except Exception:  # noqa: BLE001 - anything else keeps the identity message
+        return False
 
 
 NODE_CLASS_MAPPINGS = {SAVE: InfiniteIDSaveIdentity, LOAD: InfiniteIDLoadIdentity}

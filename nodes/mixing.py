@@ -1,4 +1,4 @@
-"""``InfiniteIDMix`` and ``InfiniteIDInterpolate`` (METHOD.md section 6).
+"""``InfiniteIDMix`` and ``InfiniteIDInterpolate`` (docs/IDENTITY.md).
 
 Both act on the identity tokens; ``identity/mixing.py`` says why and how weights act.
 """
@@ -8,6 +8,7 @@ import logging
 
 from ..identity.mixing import interpolate, mix, parse_weights, sweep_values
 from .errors import node_error
+from .inputs import checked_inputs
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ class InfiniteIDMix:
                    "Connect two to eight identities.")
     CATEGORY = "InfiniteID"
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
+    RETURN_NAMES = ("identity",)
     FUNCTION = "mix"
 
     @classmethod
@@ -38,6 +40,7 @@ class InfiniteIDMix:
             "optional": sockets,
         }
 
+    @checked_inputs(MIX)
     def mix(self, identity_1, identity_2, weights="", **more):
         with node_error(MIX):
             named = [("identity_1", identity_1), ("identity_2", identity_2)]
@@ -53,6 +56,7 @@ class InfiniteIDInterpolate:
                    "that many identities from t = 0 to 1; sample it with a latent batch of the same size for a sweep.")
     CATEGORY = "InfiniteID"
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
+    RETURN_NAMES = ("identity",)
     FUNCTION = "interpolate"
 
     @classmethod
@@ -67,6 +71,7 @@ class InfiniteIDInterpolate:
                                          "(t is then ignored); use a latent batch of the same size."}),
         }}
 
+    @checked_inputs(INTERPOLATE)
     def interpolate(self, identity_a, identity_b, t, steps):
         with node_error(INTERPOLATE):
             if steps > 1:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..attention.patch import RUN_KEY, RunInfo, find_patch
+from ..model_patch.install import RUN_KEY, RunInfo, find_patch
 from ..host import compat
 
 log = logging.getLogger(__name__)

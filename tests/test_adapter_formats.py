@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from infinite_id.adapter.loader import load_adapter_state
 from infinite_id.adapter.lora import apply_adapter_lora, check_lora_shapes, lora_key_map
 from infinite_id.adapter.native import build_native_adapter, save_native
-from infinite_id.attention.blocks import SDXL_LAYERS
-from infinite_id.attention.patch import cross_attention_widths
+from infinite_id.unet.layers import SDXL_LAYERS
+from infinite_id.unet.walk import cross_attention_widths
 from infinite_id.demo.tiny_sdxl import TINY_CONTEXT_DIM, tiny_sdxl_unet_config
 from infinite_id.nodes.adapter_loader import InfiniteIDAdapterLoader
 from infinite_id.nodes.errors import InfiniteIDError

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from infinite_id.cli.shipped import PACK_ROOT, SHIPPED, api_path, ui_paths
-from infinite_id.cli.workflow_format import declared_inputs, widget_layout
+from infinite_id.workflow_io.shipped import PACK_ROOT, SHIPPED, api_path, ui_paths
+from infinite_id.workflow_io.ui_to_api import declared_inputs, widget_layout
 
 from comfy_server import comfy_server
 
@@ -230,7 +230,7 @@ def test_editor_cases_queue_as_the_runner_converts_them(editor):
     server would refuse, are dropped by the runner and ignored here)."""
     from test_workflow_format import _graph
 
-    from infinite_id.cli.workflow_format import ui_to_api
+    from infinite_id.workflow_io.ui_to_api import ui_to_api
 
     graph = _graph()
     # A saved graph holds the Primitive's value in its target widget too (the 2024 editor reads

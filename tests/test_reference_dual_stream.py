@@ -27,8 +27,8 @@ import pytest
 import torch
 
 import nodes
-from infinite_id.attention.blocks import SDXL_LAYERS
-from infinite_id.attention.patch import PatchSettings, apply_patch
+from infinite_id.unet.layers import SDXL_LAYERS
+from infinite_id.model_patch.install import PatchSettings, apply_patch
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.demo.tiny_sdxl import build_tiny_sdxl
 from infinite_id.host.compat import compute_sigmas, prepare_noise

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infinite_id.attention.blocks import SDXL_LAYERS
+from infinite_id.unet.layers import SDXL_LAYERS
 from infinite_id.demo.nodes import _clip_vision, _face_analysis
 from infinite_id.demo.tiny_clip_text import build_tiny_sdxl_clip
 from infinite_id.demo.tiny_sdxl import build_tiny_sdxl
@@ -289,7 +289,7 @@ def test_mixed_precision_steps(models, dataset, tmp_path, precision):
 
 def test_warm_start_from_faceid_plus_v2(models, dataset, tmp_path):
     from infinite_id.adapter.loader import load_adapter_state
-    from infinite_id.attention.patch import cross_attention_widths
+    from infinite_id.unet.walk import cross_attention_widths
     from test_adapter_formats import faceid_state
 
     widths = cross_attention_widths(models.model.model.diffusion_model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from infinite_id.cli.workflow_format import WidgetSlot, ui_to_api, widget_layout
+from infinite_id.workflow_io.ui_to_api import WidgetSlot, ui_to_api, widget_layout
 
 
 def _node(nid, type_, widgets=(), inputs=(), outputs=(), mode=0, title=None):

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from infinite_id.cli import run as run_cli
-from infinite_id.cli.shipped import API_ONLY, SHIPPED, api_path, render_all, same_workflow, ui_paths
-from infinite_id.cli.workflow_format import ui_to_api
+from infinite_id.workflow_io.shipped import API_ONLY, SHIPPED, api_path, render_all, same_workflow, ui_paths
+from infinite_id.workflow_io.ui_to_api import ui_to_api
 
 FAST = ["InfiniteIDSampler.steps=2", "EmptyLatentImage.width=128", "EmptyLatentImage.height=128"]
 FAST_SWEEP = ["InfiniteIDInterpolate.steps=3", "EmptyLatentImage.batch_size=3"]

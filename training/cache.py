@@ -8,6 +8,12 @@ run, or a run after adding photos, only processes what is new. A photo without a
 face or that cannot be read is recorded as skipped (a ``.skip`` note), counted and
 logged, and never retried for the same settings.
 
+Several processes may fill one cache at once (the ranks of a ``torchrun`` job, which
+split the photos between them, or two runs sharing ``--cache``): every file is written
+under a name no other process uses (``<name>.<pid>-<random>.tmp``) and renamed into
+place, an atomic step on one file system, so a reader sees a complete file or none,
+and a killed process leaves at most a ``.tmp`` file that nothing reads.
+
 What is stored per photo (the paper's pair: reference features from one photo, the
 denoising target from another photo of the same person):
 
@@ -24,9 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +42,7 @@ import torch
 from ..identity.encode import clip_hidden_states
 from ..identity.faces import detection_sizes, find_face
 from .dataset import PhotoFolder, TrainingDataError
+from .distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,17 @@ def square_crop(rgb: np.ndarray, resolution: int) -> tuple[torch.Tensor, dict[st
     return image, {"height": height, "width": width, "crop_h": top, "crop_w": left}
 
 
+def write_atomic(target: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary name of this process's own, then rename it to ``target``."""
+    tmp = target.with_name(f"{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def cache_key(data: bytes, settings: CacheSettings) -> str:
     digest = hashlib.sha256(data)
     digest.update(json.dumps([CACHE_VERSION, settings.resolution, settings.clip_layer, settings.models]).encode())
@@ -135,59 +155,105 @@ class Preprocessor:
                    "clip_hidden": hidden.to(torch.float16).contiguous(), "latent": latent.contiguous()}
         meta = {k: str(v) for k, v in size.items()}
         meta.update({"source": str(source), "faces_found": str(found.faces_found)})
-        tmp = target.with_suffix(".tmp")
-        safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(target)
+        write_atomic(target, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=meta))
         return None
 
 
-def photo_keys(folder: PhotoFolder, settings: CacheSettings) -> dict[Path, str]:
-    """Each photo's cache key (unreadable files map to why), read once per run."""
+def source_keys(sources: Sequence[Path], settings: CacheSettings, dist: DistContext | None = None
+                ) -> dict[Path, str]:
+    """Each photo's cache key (unreadable files map to ``"!why"``); each rank hashes its share."""
+    dist = dist or DistContext()
     keys: dict[Path, str] = {}
-    for person in folder.people:
-        for source in person.photos:
-            try:
-                keys[source] = cache_key(source.read_bytes(), settings)
-            except OSError as exc:
-                keys[source] = f"!cannot be read ({exc})"
-    return keys
+    for source in dist.share(list(sources)):
+        try:
+            keys[source] = cache_key(source.read_bytes(), settings)
+        except OSError as exc:
+            keys[source] = f"!cannot be read ({exc})"
+    merged: dict[Path, str] = {}
+    for part in dist.gather(keys):
+        merged.update(part)
+    return {source: merged[source] for source in sources}
+
+
+def photo_keys(folder: PhotoFolder, settings: CacheSettings, dist: DistContext | None = None) -> dict[Path, str]:
+    """Each photo's cache key (unreadable files map to why), read once per run."""
+    return source_keys([p for person in folder.people for p in person.photos], settings, dist)
+
+
+def cache_sources(sources: Sequence[Path], cache_dir: Path, preprocessor: Preprocessor | None,
+                  keys: dict[Path, str], dist: DistContext | None = None, desc: str = "preprocessing photos"
+                  ) -> tuple[dict[Path, Path | str], int]:
+    """Cache every photo not cached yet; ``({source: cache file or why it is skipped}, newly processed)``.
+
+    With several ranks each processes every ``world``-th photo (the split is fixed by the
+    list, not by what is on disk, so no photo falls between two ranks), then all wait for
+    each other and index the whole cache.
+    """
+    from tqdm import tqdm
+
+    dist = dist or DistContext()
+    if dist.is_main:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    new = 0
+    mine = dist.share(list(sources))
+    for source in tqdm(mine, desc=desc, unit="photo", leave=False, disable=not dist.is_main):
+        key = keys[source]
+        if key.startswith("!"):
+            continue
+        target, note = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.skip"
+        if note.is_file() or target.is_file():
+            continue
+        if preprocessor is None:
+            raise RuntimeError("internal: a photo is not cached and no preprocessor was given")
+        reason = preprocessor.process(source, target)
+        new += 1
+        if reason is not None:
+            write_atomic(note, lambda tmp: tmp.write_text(reason))
+    dist.barrier()
+    new = sum(dist.gather(new))
+    results: dict[Path, Path | str] = {}
+    missing: list[Path] = []
+    for source in sources:
+        key = keys[source]
+        if key.startswith("!"):
+            results[source] = key[1:]
+            continue
+        target, note = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.skip"
+        if note.is_file():
+            results[source] = note.read_text()
+        elif target.is_file():
+            results[source] = target
+        else:
+            missing.append(source)
+    if missing:
+        raise TrainingDataError(
+            f"cache: {len(missing)} photo(s) processed by other processes are not in '{cache_dir}' (first: "
+            f"{missing[0]}). With several machines, --cache (and --output) must be on storage every machine sees.")
+    return results, new
 
 
 def build_cache(folder: PhotoFolder, cache_dir: Path, preprocessor: Preprocessor | None,
-                settings: CacheSettings, keys: dict[Path, str] | None = None) -> CachedData:
+                settings: CacheSettings, keys: dict[Path, str] | None = None,
+                dist: DistContext | None = None) -> CachedData:
     """Cache every photo of ``folder`` (only new ones are processed) and index the usable ones.
 
     ``preprocessor`` may be ``None`` when every photo is already cached (then no model
     is needed). People left with fewer than two usable photos are dropped with a warning.
-    ``keys``: ``photo_keys`` when the caller has them already.
+    ``keys``: ``photo_keys`` when the caller has them already. ``dist``: the ranks of a
+    data-parallel run split the photos; every rank gets the whole index.
     """
-    from tqdm import tqdm
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    keys = keys if keys is not None else photo_keys(folder, settings)
+    keys = keys if keys is not None else photo_keys(folder, settings, dist)
+    todo = [(i, p) for i, person in enumerate(folder.people) for p in person.photos]
+    results, new = cache_sources([p for _, p in todo], cache_dir, preprocessor, keys, dist)
     photos: list[CachedPhoto] = []
     skipped: dict[str, str] = {}
-    new = 0
-    todo = [(i, p) for i, person in enumerate(folder.people) for p in person.photos]
-    for person_index, source in tqdm(todo, desc="preprocessing photos", unit="photo", leave=False):
-        key = keys[source]
-        if key.startswith("!"):
-            skipped[str(source)] = key[1:]
-            continue
-        target, note = cache_dir / f"{key}.safetensors", cache_dir / f"{key}.skip"
-        if note.is_file():
-            skipped[str(source)] = note.read_text()
-            continue
-        if not target.is_file():
-            if preprocessor is None:
-                raise RuntimeError("internal: a photo is not cached and no preprocessor was given")
-            reason = preprocessor.process(source, target)
-            new += 1
-            if reason is not None:
-                note.write_text(reason)
-                skipped[str(source)] = reason
-                continue
-        photos.append(CachedPhoto(person_index, target, source))
+    for person_index, source in todo:
+        result = results[source]
+        if isinstance(result, str):
+            skipped[str(source)] = result
+        else:
+            photos.append(CachedPhoto(person_index, result, source))
     for source, reason in skipped.items():
         log.warning("skipping photo %s: %s", source, reason)
     data = CachedData([p.name for p in folder.people], photos, skipped)
@@ -227,18 +293,20 @@ def load_cached(photo: CachedPhoto, names: tuple[str, ...] | None = None
     return tensors, {k: int(meta[k]) for k in ("height", "width", "crop_h", "crop_w")}
 
 
-def cached_uncond_clip(cache_dir: Path, clip_vision: Any, settings: CacheSettings) -> torch.Tensor:
-    """The negative side's CLIP hidden states ``[tokens, width]``, computed once per settings."""
+def cached_uncond_clip(cache_dir: Path, clip_vision: Any, settings: CacheSettings,
+                       dist: DistContext | None = None) -> torch.Tensor:
+    """The negative side's CLIP hidden states ``[tokens, width]``, computed once per settings (by rank 0)."""
     import safetensors.torch
 
     from ..identity.encode import uncond_clip_hidden
 
+    dist = dist or DistContext()
     path = cache_dir / f"uncond-{cache_key(b'uncond', settings)}.safetensors"
-    if path.is_file():
-        return safetensors.torch.load_file(str(path))["clip_hidden"].float()
-    if clip_vision is None:
-        raise RuntimeError("internal: the uncond CLIP states are not cached and no CLIP vision model was given")
-    hidden = uncond_clip_hidden(clip_vision, settings.clip_layer)[0].to(torch.float16).contiguous()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({"clip_hidden": hidden}, str(path))
-    return hidden.float()
+    if dist.is_main and not path.is_file():
+        if clip_vision is None:
+            raise RuntimeError("internal: the uncond CLIP states are not cached and no CLIP vision model was given")
+        hidden = uncond_clip_hidden(clip_vision, settings.clip_layer)[0].to(torch.float16).contiguous()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: safetensors.torch.save_file({"clip_hidden": hidden}, str(tmp)))
+    dist.barrier()
+    return safetensors.torch.load_file(str(path))["clip_hidden"].float()

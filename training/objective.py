@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapter.kv import IdentityKV
-from ..attention.blocks import SDXL_LAYERS, LayerKey
+from ..unet.layers import SDXL_LAYERS, LayerKey
 from ..host import compat
 
 TOKENS_KEY = "infinite_id_training_tokens"
@@ -147,16 +147,22 @@ class IdentityObjective:
         return torch.cat(rows)
 
     def loss(self, latents: torch.Tensor, tokens: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-             context: torch.Tensor | None = None) -> torch.Tensor:
+             context: torch.Tensor | None = None, rows: slice | None = None, total: int | None = None
+             ) -> torch.Tensor:
         """MSE of the U-Net's prediction for ``latents`` noised at random timesteps.
 
         ``latents`` are already in the model's latent space (``process_in``). Timesteps and
         noise come from ``generator`` (CPU), so a resumed run draws what the original would.
         ``context`` exists for the tests that prove it is ignored; training passes none.
+        ``rows`` of a global batch of ``total`` (data-parallel ranks): the timesteps and
+        noise of the whole global batch are drawn and this rank's rows taken, as in
+        ``PairSampler.draw``.
         """
         batch, device = latents.shape[0], latents.device
-        steps = torch.randint(0, self.num_timesteps, (batch,), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(device)
+        total = total or batch
+        rows = rows or slice(0, batch)
+        steps = torch.randint(0, self.num_timesteps, (total,), generator=generator)[rows]
+        noise = torch.randn((total, *latents.shape[1:]), generator=generator, dtype=torch.float32)[rows].to(device)
         ms = self.model_sampling
         sigma = ms.sigmas.to(device)[steps.to(device)].float()
         x0 = latents.float()

@@ -44,12 +44,22 @@ class PairSampler:
         self.people = [groups[p] for p in people]
         self.identity_drop, self.uncond_clip, self.face_embedding = identity_drop, uncond_clip, face_embedding
 
-    def draw(self, batch_size: int, generator: torch.Generator) -> Batch:
-        faces, clips, latents, sizes, dropped = [], [], [], [], []
+    def draw(self, batch_size: int, generator: torch.Generator, rows: slice | None = None) -> Batch:
+        """``batch_size`` samples drawn from ``generator``; only those in ``rows`` are read and returned.
+
+        Data-parallel ranks all draw the *global* batch (the same generator state on every
+        rank keeps them in step) and each reads its own rows of it, so the samples of a
+        step do not depend on how many processes share it: two processes with batch 1
+        train on exactly the samples one process with batch 2 does.
+        """
+        picks = []
         for _ in range(batch_size):
             photos = self.people[int(torch.randint(len(self.people), (1,), generator=generator))]
             ref_i, target_i = torch.randperm(len(photos), generator=generator)[:2].tolist()
             drop = bool(torch.rand((), generator=generator) < self.identity_drop)
+            picks.append((photos, ref_i, target_i, drop))
+        faces, clips, latents, sizes, dropped = [], [], [], [], []
+        for photos, ref_i, target_i, drop in picks[rows or slice(None)]:
             ref, _ = load_cached(photos[ref_i], ("face_embedding", "clip_hidden"))
             target, size = load_cached(photos[target_i], ("latent",))
             if drop:

@@ -4,6 +4,14 @@ Everything about the *method* is in ``objective.py`` (what the U-Net sees) and
 ``pairs.py`` (which photos make a sample); this module is the practical part: mixed
 precision, gradient accumulation and checkpointing, checkpoints with metadata, resume,
 the loss log, the progress bar, previews and the out-of-memory message.
+
+**Data-parallel** (``torchrun``, ``distributed.py``): the trainable modules are wrapped in
+torch's ``DistributedDataParallel``, which averages their gradients over the ranks in
+the backward pass; every rank keeps the same generator, draws the same global batch
+(``batch_size x ranks`` samples per micro-batch) and computes its own rows of it, so the
+run's samples, and its results up to float rounding, do not depend on the number of
+processes. The logged loss is the mean over the ranks. Rank 0 alone writes files.
+Global batch = ``batch_size`` x ranks x ``accumulate``.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import csv
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,19 +29,20 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..adapter.native import build_native_adapter
-from ..attention.blocks import SDXL_LAYERS
-from ..attention.patch import cross_attention_widths
-from ..identity.types import Adapter
-from .cache import CachedData, load_cached
+from ..unet.layers import SDXL_LAYERS
+from ..unet.walk import cross_attention_widths
+from ..adapter.model import Adapter
+from .cache import CachedData, load_cached, write_atomic
+from .distributed import DistContext
 from .objective import IdentityObjective, gradient_checkpointing
 from .pairs import PairSampler
-from .state import adapter_copy, load_state, save_adapter, save_state
+from .state import LOSS_LOG, adapter_copy, load_state, save_adapter, save_state
 from .warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-LOSS_LOG = "loss.csv"
+LOSS_HEADER = ["step", "loss", "lr", "seconds", "images_per_second"]
 
 
 class TrainingError(RuntimeError):
@@ -122,14 +132,29 @@ def oom_types() -> tuple[type, ...]:
     return tuple(t for t in found if isinstance(t, type))
 
 
+class _Trainable(torch.nn.Module):
+    """The trained modules as one module for ``DistributedDataParallel``; its forward is one micro-batch's loss."""
+
+    def __init__(self, trainer: "Trainer") -> None:
+        super().__init__()
+        self.mapper, self.kv = trainer.adapter.mapper, trainer.adapter.kv
+        object.__setattr__(self, "_loss", trainer.rank_loss)  # not a submodule: the U-Net stays out of DDP
+
+    def forward(self, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self._loss(context)
+
+
 class Trainer:
     def __init__(self, models: TrainingModels, data: CachedData, uncond_clip: torch.Tensor, config: TrainConfig,
                  output: Path, holdout: list[int] | None = None, init: Adapter | None = None,
-                 preview: Callable[[Adapter, int], Path | None] | None = None) -> None:
+                 preview: Callable[[Adapter, int], Path | None] | None = None,
+                 dist: DistContext | None = None) -> None:
         import comfy.model_management as mm
 
         self.models, self.data, self.config, self.output = models, data, config, Path(output)
-        self.output.mkdir(parents=True, exist_ok=True)
+        self.dist = dist or DistContext()
+        if self.dist.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
         self.device = mm.get_torch_device()
         self.preview = preview
         people = sorted({p.person for p in data.photos})
@@ -152,6 +177,17 @@ class Trainer:
         self.step = 0
         self.train_people = train_people
         self.warm_start = init.name if init is not None else ""
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        if self.dist.active:
+            # DDP copies rank 0's weights to the other ranks here and averages gradients from now on.
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                _Trainable(self), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per optimiser step over all ranks: batch size x ranks x accumulation."""
+        return self.config.batch_size * self.dist.world * self.config.accumulate
 
     # ------------------------------------------------------------------ set-up
     def _build_adapter(self, data: CachedData, init: Adapter | None) -> Adapter:
@@ -184,10 +220,14 @@ class Trainer:
         c = self.config
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for _ in range(c.accumulate):
-            loss = self.micro_batch_loss()
-            self.scaler.scale(loss / c.accumulate).backward()
+        for i in range(c.accumulate):
+            # DDP all-reduces the gradients in the last micro-batch's backward pass only.
+            sync = self.ddp is None or i == c.accumulate - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                loss = self.micro_batch_loss()
+                self.scaler.scale(loss / c.accumulate).backward()
             total += float(loss.detach()) / c.accumulate
+        total = self.dist.mean(total, self.device)  # every rank sees the same value and stops together
         if not torch.isfinite(torch.tensor(total)):
             raise TrainingError(f"the loss became {total} at step {self.step + 1}. Lower --lr, or use --precision "
                                 "bf16 instead of fp16")
@@ -197,14 +237,23 @@ class Trainer:
         return total
 
     def micro_batch_loss(self, context: torch.Tensor | None = None) -> torch.Tensor:
-        batch = self.sampler.draw(self.config.batch_size, self.generator)
+        """This rank's loss of one micro-batch (through DDP when data-parallel)."""
+        if self.ddp is not None:
+            return self.ddp(context)
+        return self.rank_loss(context)
+
+    def rank_loss(self, context: torch.Tensor | None = None) -> torch.Tensor:
+        b, rank, world = self.config.batch_size, self.dist.rank, self.dist.world
+        rows = slice(rank * b, (rank + 1) * b)
+        batch = self.sampler.draw(b * world, self.generator, rows)
         tokens = self.adapter.mapper(batch.face_embeds.to(self.device), batch.clip_hidden.to(self.device))
         base = self.models.model.model
         latents = base.latent_format.process_in(batch.latents).to(self.device)
         y = self.objective.size_conditioning(batch.sizes, self.config.resolution)
         # The wrappers only need to be there for the forward pass: checkpoint keeps what it recomputes.
         with gradient_checkpointing(self.models.model.model.diffusion_model, self.config.gradient_checkpointing):
-            return self.objective.loss(latents, tokens, y, self.generator, context=context)
+            return self.objective.loss(latents, tokens, y, self.generator, context=context, rows=rows,
+                                       total=b * world)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
@@ -213,11 +262,14 @@ class Trainer:
 
         c = self.config
         self._load_unet()
-        log.info("training %d steps: batch %d x %d accumulated, lr %g, %s, gradient checkpointing %s, %d people "
-                 "(%d photos), identity drop %.2f", c.steps, c.batch_size, c.accumulate, c.lr, c.precision,
+        log.info("training %d steps: global batch %d = %d per process x %d process(es) x %d accumulated, lr %g "
+                 "(not scaled with the batch), %d images in all, %s, gradient checkpointing %s, %d people "
+                 "(%d photos), identity drop %.2f", c.steps, self.global_batch, c.batch_size, self.dist.world,
+                 c.accumulate, c.lr, c.steps * self.global_batch, c.precision,
                  "on" if c.gradient_checkpointing else "off", len(self.train_people), len(self.data.photos),
                  c.identity_drop)
-        bar = tqdm(total=c.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=c.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
+                   disable=not self.dist.is_main)
         start, first_step = time.perf_counter(), self.step
         with self._log_file() as writer:
             while self.step < c.steps:
@@ -226,17 +278,20 @@ class Trainer:
                 except oom_types() as exc:
                     raise TrainingError(self.oom_message()) from exc
                 elapsed = time.perf_counter() - start
-                rate = (self.step - first_step) * c.batch_size * c.accumulate / max(elapsed, 1e-9)
-                writer.writerow([self.step, f"{loss:.6f}", c.lr, f"{elapsed:.2f}", f"{rate:.3f}"])
+                rate = (self.step - first_step) * self.global_batch / max(elapsed, 1e-9)
+                writer([self.step, f"{loss:.6f}", c.lr, f"{elapsed:.2f}", f"{rate:.3f}"])
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.2f}")
                 bar.update(1)
                 if c.save_every and self.step % c.save_every == 0 and self.step < c.steps:
                     self.save()
-                if self.preview is not None and c.preview_every and self.step % c.preview_every == 0:
+                if (self.preview is not None and self.dist.is_main and c.preview_every
+                        and self.step % c.preview_every == 0):
                     self.preview(adapter_copy(self.adapter), self.step)
                     self._load_unet()  # sampling may have moved models around
         bar.close()
-        return self.save()
+        final = self.save()
+        self.dist.barrier()  # the other ranks end once rank 0's last checkpoint is complete
+        return final
 
     def _load_unet(self) -> None:
         import comfy.model_management as mm
@@ -253,18 +308,39 @@ class Trainer:
                 + "or close other programs using the GPU")
 
     @contextlib.contextmanager
-    def _log_file(self) -> Iterator[Any]:
-        """``loss.csv``, one row per step; a resumed run drops rows past its checkpoint."""
+    def _log_file(self) -> Iterator[Callable[[list[Any]], None]]:
+        """``loss.csv``, one row per step, appended and flushed to disk as each step ends.
+
+        Why per row: a SIGKILL, an out-of-memory kill or a power cut must not take the
+        history with it. A resumed run first drops rows past its checkpoint (they are
+        trained again), rewriting the file whole under a temporary name and renaming it,
+        so even that step cannot leave it half written. Other ranks write nothing.
+        """
+        if not self.dist.is_main:
+            yield lambda row: None
+            return
         path = self.output / LOSS_LOG
-        rows = []
         if path.is_file():
             with open(path, newline="") as f:
-                rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= self.step]
-        with open(path, "w", newline="") as f:
+                rows = list(csv.reader(f))[1:]
+            kept = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= self.step]
+            if len(kept) != len(rows) or self.step == 0:
+
+                def rewrite(tmp: Path) -> None:
+                    with open(tmp, "w", newline="") as f:
+                        csv.writer(f).writerows([LOSS_HEADER, *([] if self.step == 0 else kept)])
+                write_atomic(path, rewrite)
+        else:
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(LOSS_HEADER)
+        with open(path, "a", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["step", "loss", "lr", "seconds", "images_per_second"])
-            writer.writerows(rows)
-            yield writer
+
+            def write(row: list[Any]) -> None:
+                writer.writerow(row)
+                f.flush()
+                os.fsync(f.fileno())
+            yield write
 
     # ------------------------------------------------------------------ checkpoints
     def metadata(self) -> dict[str, str]:
@@ -273,22 +349,27 @@ class Trainer:
                 "training_base_model_sha256": self.models.base_model_hash,
                 "training_people": str(len(self.train_people)),
                 "training_photos": str(sum(p.person in self.train_people for p in self.data.photos)),
-                "training_batch_size": str(c.batch_size * c.accumulate), "training_lr": str(c.lr),
+                "training_batch_size": str(self.global_batch), "training_processes": str(self.dist.world),
+                "training_lr": str(c.lr),
                 "training_resolution": str(c.resolution), "training_identity_drop": str(c.identity_drop),
                 "training_precision": c.precision, "training_warm_start": self.warm_start,
                 "training_data_fingerprint": self.fingerprint()}
 
     def save(self) -> Path:
+        """Checkpoint (rank 0 only; the others return the path it writes)."""
         c = self.config
         step_file = self.output / f"{c.name}-{self.step:06d}.safetensors"
-        save_adapter(self.adapter, step_file, self.metadata(), c.save_dtype)
         latest = self.output / f"{c.name}.safetensors"
+        if not self.dist.is_main:
+            return latest
+        save_adapter(self.adapter, step_file, self.metadata(), c.save_dtype)
         save_adapter(self.adapter, latest, self.metadata(), c.save_dtype)
         save_state(self.output, {
             "step": self.step, "config": dataclasses.asdict(c), "fingerprint": self.fingerprint(),
             "mapper": self.adapter.mapper.state_dict(), "kv": self.adapter.kv.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "generator": self.generator.get_state(), "warm_start": self.warm_start})
+            "generator": self.generator.get_state(), "warm_start": self.warm_start,
+            "processes": self.dist.world, "global_batch": self.global_batch})
         log.info("step %d: saved %s", self.step, step_file)
         return latest
 
@@ -310,4 +391,10 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
         self.warm_start = state.get("warm_start", "")
-        log.info("resumed at step %d of %d", self.step, self.config.steps)
+        before = int(state.get("global_batch", saved.get("batch_size", 1) * saved.get("accumulate", 1)))
+        if before != self.global_batch:
+            log.warning("resume: the global batch changes from %d to %d (per-process batch x processes x "
+                        "accumulation); keep it equal to continue the same run (e.g. twice the --batch-size with "
+                        "half the processes)", before, self.global_batch)
+        log.info("resumed at step %d of %d (%d process(es), was %d)", self.step, self.config.steps, self.dist.world,
+                 int(state.get("processes", 1)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..adapter.faceid_plus import FaceIDPlusProjection
-from ..identity.types import Adapter
+from ..adapter.model import Adapter
 
 # FaceID-Plus projection names -> native mapper names.
 _FACEID_TO_NATIVE = {"proj.0.": "face_mapper.net.0.", "proj.2.": "face_mapper.net.2.", "norm.": "face_mapper.norm.",

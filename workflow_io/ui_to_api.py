@@ -111,11 +111,22 @@ def widget_values_by_name(node_class: Any, values: Any) -> dict[str, Any]:
 def _links_by_id(workflow: Mapping) -> dict[int, tuple[int, int, int, int, str]]:
     links = {}
     for link in workflow.get("links") or []:
-        if isinstance(link, dict):  # schema version 1
-            link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
-                    link.get("type")]
-        links[int(link[0])] = (int(link[1]), int(link[2]), int(link[3]), int(link[4]), link[5])
+        try:
+            if isinstance(link, dict):  # schema version 1
+                link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
+                        link.get("type")]
+            links[int(link[0])] = (int(link[1]), int(link[2]), int(link[3]), int(link[4]), link[5])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ValueError(f"link {str(link)[:80]} is malformed ({type(exc).__name__}: {exc}); the workflow "
+                             f"file is damaged, open it in the editor and save it again") from None
     return links
+
+
+def _node_id(node: Mapping) -> int:
+    try:
+        return int(node["id"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"a node without a numeric id ({str(node)[:80]}); the workflow file is damaged") from None
 
 
 def ui_to_api(workflow: Mapping, node_classes: Mapping[str, Any] | None = None,
@@ -131,7 +142,9 @@ def ui_to_api(workflow: Mapping, node_classes: Mapping[str, Any] | None = None,
 
         node_classes = nodes.NODE_CLASS_MAPPINGS if node_classes is None else node_classes
         display_names = nodes.NODE_DISPLAY_NAME_MAPPINGS if display_names is None else display_names
-    graph_nodes = {int(n["id"]): n for n in workflow.get("nodes") or []}
+    if not all(isinstance(n, dict) and isinstance(n.get("type"), str) for n in workflow.get("nodes") or []):
+        raise ValueError("a node entry is not an object with a 'type'; the workflow file is damaged")
+    graph_nodes = {_node_id(n): n for n in workflow.get("nodes") or []}
     subgraphs = {s.get("id") for s in (workflow.get("definitions") or {}).get("subgraphs") or []}
     missing = sorted({n["type"] for n in graph_nodes.values()
                       if n["type"] not in node_classes and n["type"] not in VIRTUAL_NODES})
@@ -149,9 +162,13 @@ def ui_to_api(workflow: Mapping, node_classes: Mapping[str, Any] | None = None,
         cls = node_classes[node["type"]]
         inputs = widget_values_by_name(cls, node.get("widgets_values"))
         for slot in node.get("inputs") or []:
-            if slot.get("link") is None:
+            if not isinstance(slot, dict) or slot.get("link") is None:
                 continue
-            value = resolve(int(slot["link"]), slot.get("type"))
+            where = f"node {node_id} ({node['type']}) input '{slot.get('name')}'"
+            try:
+                value = resolve(int(slot["link"]), slot.get("type"))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: {exc}") from None
             if value is not None:
                 inputs[slot["name"]] = value
         title = node.get("title") or display_names.get(node["type"]) or node["type"]
@@ -166,10 +183,14 @@ def _make_resolver(graph_nodes: Mapping[int, dict], links: Mapping[int, tuple]) 
         for _ in range(len(graph_nodes) + 1):  # each hop passes one node; more means a cycle
             link = links.get(link_id)
             if link is None:
-                return None
+                raise ValueError(f"link {link_id} is not in the workflow's links (a dangling link; the file is "
+                                 f"damaged). Reconnect the input in the editor and save again")
             origin_id, origin_slot = link[0], link[1]
             origin = graph_nodes.get(origin_id)
-            if origin is None or origin.get("mode", 0) == MUTED:
+            if origin is None:
+                raise ValueError(f"link {link_id} comes from node {origin_id}, which is not in the workflow (a "
+                                 f"dangling link). Reconnect the input in the editor and save again")
+            if origin.get("mode", 0) == MUTED:
                 return None
             if origin["type"] == "PrimitiveNode":
                 # Saved graphs keep the same value in the target widget; the current editor reads this one.
@@ -188,7 +209,7 @@ def _make_resolver(graph_nodes: Mapping[int, dict], links: Mapping[int, tuple]) 
                 return [str(origin_id), origin_slot]
             if next_link is None:
                 return None
-            link_id = int(next_link)
+            link_id = int(next_link)  # a non-number is reported by the caller with the input's name
         raise ValueError(f"link {link_id}: the links form a cycle")
 
     return resolve

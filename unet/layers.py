@@ -36,10 +36,14 @@ def parse_block_list(spec: str) -> set[BlockKey]:
 
     ``"all"`` (or empty) enables every block; otherwise a comma-separated list such as
     ``"input_7, input_8, middle_0, output_0"`` or whole groups ``"input, output"``.
+    A list that names no block (``",,"``, ``" ; "``) is refused: it would patch nothing
+    and the image would silently come out without the identity. Block numbers are ASCII
+    digits only (``str.isdigit`` also accepts ``"²"``, which ``int`` cannot read).
     """
     text = (spec or "").strip().lower()
     if text in ("", "all"):
         return set(SDXL_BLOCKS)
+    valid = ", ".join(f"{b}_{i}" for b, i in SDXL_BLOCKS)
     chosen: set[BlockKey] = set()
     for item in (part.strip() for part in text.replace(";", ",").split(",")):
         if not item:
@@ -48,10 +52,12 @@ def parse_block_list(spec: str) -> set[BlockKey]:
             chosen.update(key for key in SDXL_BLOCKS if key[0] == item)
             continue
         name, _, number = item.partition("_")
-        key = (name, int(number)) if number.isdigit() else None
+        key = (name, int(number)) if number.isascii() and number.isdigit() else None
         if key not in SDXL_BLOCKS:
-            valid = ", ".join(f"{b}_{i}" for b, i in SDXL_BLOCKS)
-            raise ValueError(f"unknown block '{item}' in blocks='{spec}'. Use 'all', 'input', 'middle', "
+            raise ValueError(f"blocks: unknown block '{item}' in '{spec}'. Use 'all', 'input', 'middle', "
                              f"'output' or any of: {valid}")
         chosen.add(key)
+    if not chosen:
+        raise ValueError(f"blocks: '{spec}' names no block, so nothing would be patched. Use 'all', 'input', "
+                         f"'middle', 'output' or any of: {valid}")
     return chosen

@@ -1,6 +1,6 @@
 """API-format prompt to a tidy UI-format (LiteGraph 0.4) workflow, for the shipped workflows.
 
-Why: the UI files in ``workflows/`` are what people open in the editor, the API files are
+Why: the UI files in ``example_workflows/`` are what people open in the editor, the API files are
 what the runner and the tests execute; generating one from the other (plus the nodes'
 ``INPUT_TYPES``) keeps them from drifting apart. The layout is left to right in
 columns (each node as far right as its consumers allow), sized from LiteGraph's slot
@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Mapping
 
-from .workflow_format import plain, socket_inputs, widget_layout
+from .ui_to_api import plain, socket_inputs, widget_layout
 
 NODE_WIDTH = 250
 WIDE_NODES = {"CLIPTextEncode": 300, "InfiniteIDApply": 280, "InfiniteIDEncode": 270, "InfiniteIDSampler": 260,
@@ -123,7 +123,7 @@ def api_to_ui(name: str, prompt: Mapping[str, dict], node_classes: Mapping[str, 
             "outputs": [{"name": out_name, "type": out_type, "links": None, "slot_index": i}
                         for i, (out_name, out_type) in enumerate(_outputs(cls))],
             "title": node["_meta"]["title"],
-            "properties": {"Node name for S&R": node["class_type"]},
+            "properties": _properties(node),
             "widgets_values": values,
         }
     for link_id, origin, slot, _target, _slot, _type in links:
@@ -143,6 +143,18 @@ def api_to_ui(name: str, prompt: Mapping[str, dict], node_classes: Mapping[str, 
         "extra": {"ds": _view(ui_nodes.values())},
         "version": 0.4,
     }
+
+
+def _properties(node: Mapping[str, Any]) -> dict:
+    """LiteGraph node properties; loaders also get ``models`` (name, url, directory of each file
+    they name), which the editor's missing-models panel shows, folder included."""
+    from ..cli.models import model_metadata
+
+    properties: dict[str, Any] = {"Node name for S&R": node["class_type"]}
+    models = model_metadata(node["class_type"], node["inputs"])
+    if models:
+        properties["models"] = models
+    return properties
 
 
 def _place(ui_nodes: dict[str, dict], column: dict[str, int], links: list[list]) -> None:

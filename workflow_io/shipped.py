@@ -2,8 +2,15 @@
 
 Why one list: the generator script, the tests and the README all mean the same files.
 ``workflows/api/<name>.json`` is the source (hand-edited, runnable by ``python . run``);
-``workflows/<name>.json`` and its copy ``example_workflows/<name>.json`` (where
-ComfyUI's template browser looks for a pack's examples) are generated from it.
+``example_workflows/<name>.json`` is generated from it, with ``<name>.jpg`` beside it:
+the thumbnail, made from a demo run of the workflow (``scripts/make_workflows.py
+--thumbnails``).
+
+Why only there: ComfyUI's template browser lists ``*.json`` directly inside a pack's
+``example_workflows/``, ``example/``, ``examples/``, ``workflow/`` and ``workflows/``
+folders (``app/custom_node_manager.py``) and asks for ``<name>.jpg`` beside each, so a UI
+file in two of them is listed twice. ``workflows/`` keeps the API files in ``api/``,
+which the browser does not read.
 """
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .workflow_layout import api_to_ui
+from .api_to_ui import api_to_ui
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("raw_photo", "stylised_photo", "identity_mixing", "interpolation_sweep", "ablation_grid")
@@ -23,8 +30,25 @@ def api_path(name: str, root: Path = PACK_ROOT) -> Path:
     return root / "workflows" / "api" / f"{name}.json"
 
 
-def ui_paths(name: str, root: Path = PACK_ROOT) -> tuple[Path, Path]:
-    return root / "workflows" / f"{name}.json", root / "example_workflows" / f"{name}.json"
+def ui_path(name: str, root: Path = PACK_ROOT) -> Path:
+    return root / "example_workflows" / f"{name}.json"
+
+
+def ui_paths(name: str, root: Path = PACK_ROOT) -> tuple[Path]:
+    """Every generated UI file of ``name`` (one: a second copy would be listed twice)."""
+    return (ui_path(name, root),)
+
+
+def thumbnail_path(name: str, root: Path = PACK_ROOT) -> Path:
+    """The template browser's card image: ``<name>.jpg`` beside the UI file."""
+    return root / "example_workflows" / f"{name}.jpg"
+
+
+def api_digest(name: str, root: Path = PACK_ROOT) -> str:
+    """What a thumbnail was made from: a hash of the API file (stored in the JPEG's comment)."""
+    import hashlib
+
+    return hashlib.sha256(api_path(name, root).read_bytes()).hexdigest()[:16]
 
 
 def dumps(data: Any) -> str:

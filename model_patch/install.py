@@ -20,9 +20,11 @@ from typing import Any, Callable
 import torch
 
 from ..host import compat
-from ..identity.types import Adapter, Identity
-from .blocks import SDXL_BLOCKS, SDXL_LAYERS, BlockKey, LayerKey
-from .functional import (ADAIN_MODES, ATTENTION_MODES, identity_self_attention_inputs,
+from ..adapter.model import Adapter
+from ..identity.types import Identity
+from ..unet.layers import SDXL_BLOCKS, SDXL_LAYERS, BlockKey, LayerKey
+from ..unet.walk import cross_attention_widths
+from ..attention.functional import (ADAIN_MODES, ATTENTION_MODES, identity_self_attention_inputs,
                          merge_cross_attention)
 
 log = logging.getLogger(__name__)
@@ -289,23 +291,6 @@ def find_patch(model) -> DualStreamPatch | None:
             return wrapper.patch
         wrapper = getattr(wrapper, "previous", None)
     return None
-
-
-def cross_attention_widths(diffusion_model: torch.nn.Module) -> dict[LayerKey, tuple[int, int]]:
-    """``(inner width, context width)`` of every cross-attention layer, keyed as ComfyUI keys them."""
-    found: dict[LayerKey, tuple[int, int]] = {}
-    groups = (("input", getattr(diffusion_model, "input_blocks", [])),
-              ("middle", [getattr(diffusion_model, "middle_block", torch.nn.Identity())]),
-              ("output", getattr(diffusion_model, "output_blocks", [])))
-    for name, blocks in groups:
-        for index, block in enumerate(blocks):
-            t = 0
-            for module in block.modules():
-                if hasattr(module, "attn1") and hasattr(module, "attn2"):
-                    attn2 = module.attn2
-                    found[(name, index, t)] = (attn2.to_q.out_features, attn2.to_k.in_features)
-                    t += 1
-    return found
 
 
 def apply_patch(model, adapter: Adapter, identity: Identity, settings: PatchSettings):

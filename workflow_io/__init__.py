@@ -1,0 +1,1 @@
+"""Workflow files: UI <-> API conversion, loading and overrides, the shipped workflows."""
