@@ -20,9 +20,11 @@ def adain_mean(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """``AdaIN_m(x, y) = x - mean(x) + mean(y)``: mean over tokens, per channel.
 
     Shifts the identity stream's features to the text stream's mean, which carries the
-    prompt's style; the spread (and with it identity detail) is left alone.
+    prompt's style; the spread (and with it identity detail) is left alone. Written as
+    one shift added to ``x`` so that equal streams stay bit-identical in fp16/bf16 (the
+    shift is then exactly 0): at weight 0 the identity stream is the text stream.
     """
-    return x - x.mean(dim=1, keepdim=True) + ref.mean(dim=1, keepdim=True)
+    return x + (ref.mean(dim=1, keepdim=True) - x.mean(dim=1, keepdim=True))
 
 
 def adain_full(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Speed and peak memory of dual-stream sampling, as ratios to core KSampler.
 
     .venv/bin/python bench/dual_stream_speed.py                    # tiny model, CPU
+    .venv/bin/python bench/dual_stream_speed.py --model sdxl03 --size 576 --steps 6   # SDXL-proportioned, CPU
     .venv/bin/python bench/dual_stream_speed.py --model sdxl --size 1024 --steps 30   # GPU
 
 All runs happen in one process on the same model and settings, interleaved over
@@ -79,10 +80,13 @@ def build(args):
         adapter = build_tiny_adapter(model)
         ctx, pooled, tokens = 64, 32, 4
     else:
-        from sdxl_random import build_random_sdxl  # bench/sdxl_random.py
+        from sdxl_random import PROPORTIONED, build_random_sdxl  # bench/sdxl_random.py
 
-        model, adapter = build_random_sdxl(torch.float16)
-        ctx, pooled, tokens = 2048, 1280, 4
+        proportioned = args.model == "sdxl03"
+        dtype = torch.float32 if proportioned else torch.float16
+        model, adapter = build_random_sdxl(dtype, proportioned=proportioned)
+        ctx = PROPORTIONED["context_dim"] if proportioned else 2048
+        pooled, tokens = 1280, 4
     gen = torch.Generator().manual_seed(0)
     cond = [[torch.randn(1, 77, ctx, generator=gen), {"pooled_output": torch.randn(1, pooled, generator=gen)}]]
     neg = [[torch.randn(1, 77, ctx, generator=gen), {"pooled_output": torch.randn(1, pooled, generator=gen)}]]
@@ -93,12 +97,14 @@ def build(args):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=["tiny", "sdxl"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "sdxl03", "sdxl"], default="tiny")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--no-reference", action="store_true", help="skip the two-pass reference")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="steps of the warm-up round (default: --steps); 1 is enough for loading and caches")
     parser.add_argument("--attention", choices=["host", "pytorch"], default="pytorch",
                         help="pytorch: every run uses torch SDPA, as ComfyUI does on GPUs (the CPU default, "
                              "sub-quadratic attention, is far slower and would dominate the ratios)")
@@ -126,11 +132,13 @@ def main() -> None:
     half = apply_patch(model, adapter, identity, PatchSettings(mix_end_percent=0.5))
     cfg, seed = 5.0, 1
 
+    steps = {"n": args.steps}
+
     def core():
-        return nodes.common_ksampler(model, seed, args.steps, cfg, args.sampler, "normal", cond, neg, latent)
+        return nodes.common_ksampler(model, seed, steps["n"], cfg, args.sampler, "normal", cond, neg, latent)
 
     def dual(patched):
-        return lambda: sample_dual_stream(patched, seed, args.steps, cfg, args.sampler, "normal", cond, neg, latent)
+        return lambda: sample_dual_stream(patched, seed, steps["n"], cfg, args.sampler, "normal", cond, neg, latent)
 
     runs = {"core KSampler": core, "InfiniteIDSampler (full mixing)": dual(full),
             "InfiniteIDSampler (mixing first half)": dual(half)}
@@ -139,9 +147,9 @@ def main() -> None:
 
         reference = Reference(model, adapter.kv, identity, RefSettings())
         noise = compat.prepare_noise(latent["samples"], seed)
-        sigmas = compat.compute_sigmas(model, args.steps, args.sampler, "normal", 1.0)
 
         def two_pass():
+            sigmas = compat.compute_sigmas(model, steps["n"], args.sampler, "normal", 1.0)
             mm.load_models_gpu([model])
             with torch.no_grad():
                 return reference.sample(noise.to(mm.get_torch_device()), latent["samples"], sigmas, args.sampler,
@@ -150,8 +158,10 @@ def main() -> None:
 
     device = mm.get_torch_device()
     with torch.inference_mode():
+        steps["n"] = args.warmup_steps or args.steps
         for run in runs.values():  # warm-up: loading, kernels, caches
             run()
+        steps["n"] = args.steps
         times = {name: [] for name in runs}
         peaks = {name: 0 for name in runs}
         for _ in range(args.repeats):

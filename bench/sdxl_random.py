@@ -1,12 +1,24 @@
-"""A real-size SDXL U-Net with random weights, for benchmarks on a GPU (nothing downloaded)."""
+"""SDXL-shaped U-Nets with random weights, for benchmarks (nothing downloaded).
+
+- ``sdxl``: real size, for a GPU.
+- ``sdxl03``: SDXL-proportioned, for the CPU: SDXL's widths times 0.3 (96/192/384
+  channels, head dim 48, all 70 transformer blocks, context 640). At a 72x72 latent
+  every layer keeps SDXL-at-1024's ratio of tokens to channels (6.75 vs 6.4 at the first
+  transformer level, 0.84 vs 0.8 at the second), so attention, linear layers and
+  convolutions take the shares of the compute they take in SDXL at 1024x1024, at about
+  1/40 of the cost.
+"""
 from __future__ import annotations
 
 import torch
 
 
-def sdxl_unet_config() -> dict:
-    """The unet_config ComfyUI's model detection gives SDXL base 1.0."""
-    return {
+PROPORTIONED = {"model_channels": 96, "num_head_channels": 48, "context_dim": 640}
+
+
+def sdxl_unet_config(proportioned: bool = False) -> dict:
+    """The unet_config ComfyUI's model detection gives SDXL base 1.0 (or its 0.3-width twin)."""
+    config = {
         "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
         "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
         "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
@@ -14,11 +26,14 @@ def sdxl_unet_config() -> dict:
         "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
         "use_temporal_attention": False, "use_temporal_resblock": False,
     }
+    if proportioned:
+        config.update(PROPORTIONED)
+    return config
 
 
 @torch.no_grad()
-def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0):
-    """``(ModelPatcher, Adapter)``: SDXL-size U-Net and a FaceID-Plus-v2-shaped adapter, random."""
+def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0, proportioned: bool = False):
+    """``(ModelPatcher, Adapter)``: SDXL-shaped U-Net and a FaceID-Plus-v2-shaped adapter, random."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -29,7 +44,9 @@ def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0):
     from infinite_id.adapter.model import Adapter
 
     device = mm.get_torch_device()
-    config = comfy.supported_models.SDXL(sdxl_unet_config())
+    config = comfy.supported_models.SDXL(sdxl_unet_config(proportioned))
+    if proportioned:  # BASE.__init__ forces SDXL's 64-channel heads
+        config.unet_config["num_head_channels"] = PROPORTIONED["num_head_channels"]
     if hasattr(config, "set_inference_dtype"):
         config.set_inference_dtype(dtype, None)
     else:
@@ -44,7 +61,8 @@ def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0):
     model.diffusion_model.to(dtype)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
     widths = cross_attention_widths(model.diffusion_model)
-    kv = IdentityKV(2048, [widths[key][0] for key in SDXL_LAYERS], dtype=dtype, device=device)
+    token_dim = PROPORTIONED["context_dim"] if proportioned else 2048
+    kv = IdentityKV(token_dim, [widths[key][0] for key in SDXL_LAYERS], dtype=dtype, device=device)
     for param in kv.parameters():
-        torch.nn.init.normal_(param, std=2048 ** -0.5)
+        torch.nn.init.normal_(param, std=token_dim ** -0.5)
     return patcher, Adapter(kv=kv, name="random-sdxl-adapter")

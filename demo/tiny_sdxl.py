@@ -72,8 +72,12 @@ def init_weights_(module: torch.nn.Module, seed: int, gain: float = 1.0) -> None
             param.copy_(torch.randn(param.shape, generator=gen) * (gain / math.sqrt(fan_in)))
 
 
-def build_tiny_sdxl(seed: int = 0, dtype: torch.dtype = torch.float32):
-    """Return a ComfyUI ``ModelPatcher`` around a tiny, seeded SDXL ``BaseModel``."""
+def build_tiny_sdxl(seed: int = 0, dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None):
+    """Return a ComfyUI ``ModelPatcher`` around a tiny, seeded SDXL ``BaseModel``.
+
+    ``dtype`` is the weights' storage dtype; ``manual_cast_dtype`` the dtype they are cast
+    to for computing, as ComfyUI does for fp8-stored weights (``--fp8_e4m3fn-unet``).
+    """
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -82,9 +86,10 @@ def build_tiny_sdxl(seed: int = 0, dtype: torch.dtype = torch.float32):
     # BASE.__init__ forces SDXL's 64-channel heads; the tiny widths need smaller heads.
     model_config.unet_config["num_head_channels"] = TINY_HEAD_CHANNELS
     if hasattr(model_config, "set_inference_dtype"):
-        model_config.set_inference_dtype(dtype, None)
+        model_config.set_inference_dtype(dtype, manual_cast_dtype)
     else:
         model_config.unet_config["dtype"] = dtype
+        model_config.manual_cast_dtype = manual_cast_dtype
     model = model_config.get_model({}, device="cpu")
     init_weights_(model.diffusion_model, seed)
     model.diffusion_model.to(dtype)

@@ -65,34 +65,56 @@ def optimized_attention(
     heads: int,
     mask: torch.Tensor | None = None,
     transformer_options: dict | None = None,
+    attn_precision: Any = None,
 ) -> torch.Tensor:
-    """The host's attention backend, looked up at call time.
+    """The host's attention backend, looked up at call time, called as core's layers call it.
 
     Looked up on every call so that the user's backend choice and other packs that swap
-    ``optimized_attention`` apply. Newer hosts accept ``transformer_options`` (used by
-    attention wrappers); the 2024 one takes only ``(q, k, v, heads, mask)``.
+    ``optimized_attention`` apply. Newer hosts accept ``attn_precision`` (the layer's
+    upcast setting) and ``transformer_options`` (used by attention wrappers); the 2024
+    one takes only ``(q, k, v, heads, mask)``.
     """
     import comfy.ldm.modules.attention as attention
 
     fn = attention.optimized_attention
-    if transformer_options is not None and _accepts_transformer_options(fn):
-        return fn(q, k, v, heads, mask=mask, transformer_options=transformer_options)
-    return fn(q, k, v, heads, mask=mask)
+    accepts = _accepted_keywords(fn)
+    kwargs: dict[str, Any] = {"mask": mask}
+    if attn_precision is not None and "attn_precision" in accepts:
+        kwargs["attn_precision"] = attn_precision
+    if transformer_options is not None and "transformer_options" in accepts:
+        kwargs["transformer_options"] = transformer_options
+    return fn(q, k, v, heads, **kwargs)
 
 
-_accepts_cache: dict[Callable, bool] = {}
+_accepts_cache: dict[Callable, frozenset] = {}
 
 
-def _accepts_transformer_options(fn: Callable) -> bool:
-    if fn not in _accepts_cache:
+def _accepted_keywords(fn: Callable) -> frozenset:
+    """Which of core's optional attention keywords ``fn`` takes (cached per function)."""
+    found = _accepts_cache.get(fn)
+    if found is None:
+        wanted = ("attn_precision", "transformer_options")
         try:
             params = inspect.signature(fn).parameters
-            _accepts_cache[fn] = "transformer_options" in params or any(
-                p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-            )
+            if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+                found = frozenset(wanted)
+            else:
+                found = frozenset(name for name in wanted if name in params)
         except (TypeError, ValueError):
-            _accepts_cache[fn] = False
-    return _accepts_cache[fn]
+            found = frozenset()
+        _accepts_cache[fn] = found
+    return found
+
+
+def unet_compute_dtype(model: Any) -> torch.dtype:
+    """The dtype the U-Net computes in (``q``'s dtype in attention): the manual-cast dtype
+    for fp8-stored or otherwise cast weights, else the weights' dtype."""
+    base = model.model
+    getter = getattr(base, "get_dtype_inference", None)
+    if getter is not None:
+        return getter()
+    cast = getattr(base, "manual_cast_dtype", None)
+    return cast if cast is not None else base.get_dtype()
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -192,22 +214,7 @@ def guider_inner_sample_accepts_latent_shapes() -> bool:
     return guider is not None and "latent_shapes" in inspect.signature(guider.inner_sample).parameters
 
 
-def patches_shared_between_clones() -> bool:
-    """Newer hosts share patch objects between ``ModelPatcher.clone()``s; 2024 deep-copies them."""
-    import comfy.utils
-
-    return hasattr(comfy.utils, "deepcopy_list_dict")
-
-
 # ----------------------------------------------------------------------------- model patching
-
-def host_loads_patch_models() -> bool:
-    """Newer hosts ask patch objects for ``models()`` and load them with the U-Net; the
-    2024 host only calls ``.to(device)`` on them (``model_patches_to``)."""
-    import comfy.model_patcher
-
-    return hasattr(comfy.model_patcher.ModelPatcher, "model_patches_models")
-
 
 def scale_memory_estimate(model: Any, factor: float) -> None:
     """Make ComfyUI's memory estimate for this (cloned) model ``factor`` times larger.

@@ -1,10 +1,13 @@
 """``InfiniteIDApply``: patch a MODEL for dual-stream Infinite-ID inference."""
 from __future__ import annotations
 
+import math
+
 from ..adapter.lora import apply_adapter_lora
 from ..unet.layers import parse_block_list
 from ..attention.functional import ADAIN_MODES, ATTENTION_MODES
-from ..model_patch.install import PatchSettings, apply_patch
+from ..model_patch.install import apply_patch, check_identity_adapter
+from ..model_patch.settings import PatchSettings
 from .errors import node_error
 
 NODE = "InfiniteIDApply"
@@ -59,6 +62,9 @@ class InfiniteIDApply:
     def apply(self, model, adapter, identity, weight, attention_mode, cross_attention_merge, adain,
               start_percent, end_percent, mix_start_percent, mix_end_percent, blocks, lora_strength=1.0):
         with node_error(NODE):
+            if not isinstance(lora_strength, (int, float)) or not math.isfinite(lora_strength):
+                raise ValueError(f"lora_strength: must be a finite number, not {lora_strength!r}")
+            check_identity_adapter(identity, adapter)
             settings = PatchSettings(
                 weight=weight, attention_mode=attention_mode, merge=cross_attention_merge, adain=adain,
                 start_percent=start_percent, end_percent=end_percent, mix_start_percent=mix_start_percent,

@@ -1,9 +1,10 @@
 """``InfiniteIDGuider``: the dual-stream sampler as a GUIDER for SamplerCustomAdvanced."""
 from __future__ import annotations
 
-from ..sampling.dual_stream import check_model
+from ..sampling.dual_stream import NOISE_MODES, check_model
 from ..sampling.guider import make_guider
 from .errors import node_error
+from .sampler import BATCH_NOISE_TOOLTIP
 
 NODE = "InfiniteIDGuider"
 
@@ -23,12 +24,14 @@ class InfiniteIDGuider:
             "negative": ("CONDITIONING", {"tooltip": "The negative prompt, used by both streams."}),
             "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance for both streams (paper: 5.0)."}),
+        }, "optional": {
+            "batch_noise": (list(NOISE_MODES), {"default": "auto", "tooltip": BATCH_NOISE_TOOLTIP}),
         }}
 
-    def get_guider(self, model, positive, negative, cfg):
+    def get_guider(self, model, positive, negative, cfg, batch_noise="auto"):
         with node_error(NODE):
             check_model(model, None, NODE)
-            return (make_guider(model, positive, negative, cfg),)
+            return (make_guider(model, positive, negative, cfg, batch_noise),)
 
 
 NODE_CLASS_MAPPINGS = {NODE: InfiniteIDGuider}

@@ -1,10 +1,15 @@
 """``InfiniteIDSampler``: a drop-in KSampler that runs both Infinite-ID streams."""
 from __future__ import annotations
 
-from ..sampling.dual_stream import sample_dual_stream
+from ..sampling.dual_stream import NOISE_MODES, sample_dual_stream
 from .errors import node_error
 
 NODE = "InfiniteIDSampler"
+BATCH_NOISE_TOOLTIP = (
+    "shared: every row starts from the same noise (the noise of row 0), so the rows of a sweep differ only by "
+    "identity and one text-stream row serves them all (faster). per row: each row gets its own noise, as core "
+    "KSampler draws for a batch. auto: shared when the identity holds several identities (Interpolate steps > 1, "
+    "identity batches) or the latent comes from LatentBatchSeedBehavior 'fixed'; per row otherwise.")
 
 
 class InfiniteIDSampler:
@@ -34,12 +39,15 @@ class InfiniteIDSampler:
             "latent_image": ("LATENT", {"tooltip": "Batch n gives n images; an identity sweep of n needs n."}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                   "tooltip": "As in KSampler."}),
+        }, "optional": {
+            "batch_noise": (list(NOISE_MODES), {"default": "auto", "tooltip": BATCH_NOISE_TOOLTIP}),
         }}
 
-    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0,
+               batch_noise="auto"):
         with node_error(NODE):
             result = sample_dual_stream(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                        latent_image, denoise, node=NODE)
+                                        latent_image, denoise, node=NODE, batch_noise=batch_noise)
         return (result.identity, result.text)
 
 

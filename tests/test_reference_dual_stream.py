@@ -4,7 +4,7 @@
 pass recording ``K_t``/``V_t`` with hooks, an identity pass injecting them through
 replaced ``attn1``/``attn2`` forwards), its own CFG and its own euler/heun loops. The
 pack's ``sample_dual_stream`` runs both streams in one batched call through ComfyUI's
-sampler. Both must give the same latents (DESIGN.md sections 5 and 6).
+sampler. Both must give the same latents (docs/METHOD_NOTES.md).
 
 Precision: in float32 the tiny U-Net's outputs depend on the batch size at the 1e-6
 level (CPU kernels: matrix-vector vs matrix-matrix products in the time/label
@@ -102,7 +102,8 @@ def adapter64(model64):
     return adapter
 
 
-def run_both(model, adapter, identity, settings: dict, sampler: str, batch: int = 1, steps: int = STEPS):
+def run_both(model, adapter, identity, settings: dict, sampler: str, batch: int = 1, steps: int = STEPS,
+             batch_noise: str = "auto"):
     dtype = identity.cond.dtype
     positive, negative = make_conds(dtype)
     latent = {"samples": torch.zeros(batch, 4, 16, 16, dtype=dtype)}
@@ -110,7 +111,8 @@ def run_both(model, adapter, identity, settings: dict, sampler: str, batch: int 
     ref = Reference(model, adapter.kv, identity, RefSettings(**settings))
     sigmas = compute_sigmas(model, steps, sampler, "normal", 1.0)
     with host_attention_for(dtype):
-        pack = sample_dual_stream(patched, SEED, steps, CFG, sampler, "normal", positive, negative, latent, 1.0)
+        pack = sample_dual_stream(patched, SEED, steps, CFG, sampler, "normal", positive, negative, latent, 1.0,
+                                  batch_noise=batch_noise)
         ref_id, ref_text = ref.sample(prepare_noise(latent["samples"], SEED), latent["samples"], sigmas, sampler,
                                       CFG, positive, negative, state_dtype=host_state_dtype(dtype))
     return pack, ref_id, ref_text, ref
@@ -165,10 +167,10 @@ def test_identity_stream_matches_reference(model64, adapter64, mode, adain, merg
 
 
 def test_batch_of_two_identities_matches_reference(model64, adapter64):
-    """Batch 2 with one identity per row (an interpolation sweep): row pairing."""
+    """Batch 2 with one identity per row and a noise per row (today's sweeps): row pairing."""
     settings = dict(weight=WEIGHT, attention_mode="mixed", adain="mean", merge=True)
     pack, ref_id, ref_text, _ = run_both(model64, adapter64, make_identity(2, torch.float64), settings, "euler",
-                                         batch=2, steps=2)
+                                         batch=2, steps=2, batch_noise="per row")
     assert rel(pack.identity["samples"], ref_id) < TOL64
     assert rel(pack.text["samples"], ref_text) < TOL64
     assert rel(ref_id[0], ref_id[1]) > 1e-2
