@@ -1,6 +1,6 @@
 """The image cross-attention weights: one key and one value projection per layer.
 
-This is the whole trainable add-on inside the U-Net (METHOD.md section 8): two linear
+This is the whole trainable add-on inside the U-Net (docs/METHOD_NOTES.md): two linear
 layers beside each of SDXL's 70 cross-attention layers. Switching them off gives the
 base model back exactly.
 """
@@ -25,11 +25,3 @@ class IdentityKV(torch.nn.Module):
         self.to_v = torch.nn.ModuleList(
             torch.nn.Linear(token_dim, d, bias=False, dtype=dtype, device=device) for d in layer_dims)
         self.layer_index: dict[LayerKey, int] = {key: i for i, key in enumerate(SDXL_LAYERS)}
-
-    def project(self, layer: LayerKey, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the identity tokens for one layer, in the tokens' dtype."""
-        i = self.layer_index[layer]
-        k_proj, v_proj = self.to_k[i], self.to_v[i]
-        weight_dtype = k_proj.weight.dtype
-        x = tokens.to(device=k_proj.weight.device, dtype=weight_dtype)
-        return k_proj(x).to(tokens.dtype), v_proj(x).to(tokens.dtype)

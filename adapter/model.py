@@ -34,7 +34,6 @@ class Adapter:
     mapper: torch.nn.Module | None = None
     name: str = "adapter"
     info: dict[str, Any] = field(default_factory=dict)
-    _patcher: Any = None
     lora: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def encode_tokens(self, face_embeds: torch.Tensor, clip_hidden: torch.Tensor) -> torch.Tensor:
@@ -50,16 +49,3 @@ class Adapter:
     @property
     def token_dim(self) -> int:
         return self.kv.token_dim
-
-    def model_patcher(self, load_device: torch.device, offload_device: torch.device):
-        """The projections wrapped in ComfyUI's ``ModelPatcher``, made once and shared.
-
-        ComfyUI then loads and offloads them with the U-Net and counts their memory,
-        instead of the pack moving them behind the memory manager's back.
-        """
-        if self._patcher is None:
-            import comfy.model_patcher
-
-            self._patcher = comfy.model_patcher.ModelPatcher(
-                self.kv, load_device=load_device, offload_device=offload_device)
-        return self._patcher

@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--no-reference", action="store_true", help="skip the two-pass reference")
+    parser.add_argument("--sweep", type=int, default=0, metavar="N",
+                        help="instead: an N-identity sweep (shared noise, one text row) against core KSampler "
+                             "with batch N")
     parser.add_argument("--warmup-steps", type=int, default=None,
                         help="steps of the warm-up round (default: --steps); 1 is enough for loading and caches")
     parser.add_argument("--attention", choices=["host", "pytorch"], default="pytorch",
@@ -142,7 +145,20 @@ def main() -> None:
 
     runs = {"core KSampler": core, "InfiniteIDSampler (full mixing)": dual(full),
             "InfiniteIDSampler (mixing first half)": dual(half)}
-    if not args.no_reference:
+    if args.sweep:
+        from infinite_id.demo.tiny_identity import random_identity
+
+        sweep_identity = random_identity(seed=3, n=args.sweep, tokens=identity.cond.shape[1],
+                                         token_dim=identity.cond.shape[2])
+        sweep_model = apply_patch(model, adapter, sweep_identity, PatchSettings())
+        batch = {"samples": latent["samples"].expand(args.sweep, -1, -1, -1).contiguous()}
+        runs = {
+            "core KSampler": lambda: nodes.common_ksampler(model, seed, steps["n"], cfg, args.sampler, "normal",
+                                                           cond, neg, batch),
+            f"InfiniteIDSampler sweep of {args.sweep} (shared noise)": lambda: sample_dual_stream(
+                sweep_model, seed, steps["n"], cfg, args.sampler, "normal", cond, neg, batch),
+        }
+    if not args.no_reference and not args.sweep:
         from reference_dual_stream import Reference, RefSettings
 
         reference = Reference(model, adapter.kv, identity, RefSettings())

@@ -11,7 +11,7 @@ per device.
 
 Why the adapter's projection weights need no ``ModelPatcher``: they are read once per
 run, one layer at a time, on the load device, and only the small per-run keys/values stay
-there (for SDXL about 11 MB per identity in fp16). ComfyUI's memory manager (dynamic VRAM
+there (for SDXL in fp16 about 2.7 MB per identity of 4 tokens, 11 MB of 16). ComfyUI's memory manager (dynamic VRAM
 included) therefore never has to place them, and no non-dynamic model is added to its
 load set.
 """
