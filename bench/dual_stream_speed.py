@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--no-reference", action="store_true", help="skip the two-pass reference")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default=None,
+                        help="cpu: this process's CPU time (robust to other jobs on a shared machine; use with "
+                             "OMP_NUM_THREADS=1); default: cpu on the CPU, wall on a GPU")
     parser.add_argument("--sweep", type=int, default=0, metavar="N",
                         help="instead: an N-identity sweep (shared noise, one text row) against core KSampler "
                              "with batch N")
@@ -173,6 +176,8 @@ def main() -> None:
         runs["two-pass reference"] = two_pass
 
     device = mm.get_torch_device()
+    clock = time.process_time if (args.clock or ("wall" if device.type == "cuda" else "cpu")) == "cpu" else \
+        time.perf_counter
     with torch.inference_mode():
         steps["n"] = args.warmup_steps or args.steps
         for run in runs.values():  # warm-up: loading, kernels, caches
@@ -183,18 +188,19 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, run in runs.items():
                 with PeakMemory(device) as mem:
-                    start = time.perf_counter()
+                    start = clock()
                     run()
                     if device.type == "cuda":
                         torch.cuda.synchronize()
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(clock() - start)
                 peaks[name] = max(peaks[name], mem.used)
     base = statistics.median(times["core KSampler"])
     print(f"# {info.describe()}")
     print(f"# device {device}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}; "
           f"torch threads {torch.get_num_threads()}; attention {args.attention}; model {args.model}; "
           f"{args.size}x{args.size}; "
-          f"{args.steps} steps {args.sampler}; cfg {cfg}; median of {args.repeats}")
+          f"{args.steps} steps {args.sampler}; cfg {cfg}; median of {args.repeats}; "
+          f"{'process CPU time' if clock is time.process_time else 'wall time'}")
     print(f"{'run':40s} {'seconds':>8s} {'ratio':>6s} {'peak MiB':>9s}")
     for name in runs:
         t = statistics.median(times[name])

@@ -129,3 +129,25 @@ def test_unknown_batch_noise_is_refused(tiny_unet, adapter, sweep):
     with pytest.raises(ValueError, match=r"InfiniteIDSampler: batch_noise: must be one of \('auto', 'shared', "
                                          r"'per row'\), not 'same'"):
         run(tiny_unet, adapter, sweep, {}, "euler", ROWS, batch_noise="same")
+
+
+def test_guider_shares_noise_like_the_sampler(tiny_unet, adapter, sweep):
+    """SamplerCustomAdvanced's NOISE input draws a noise per row; the guider shares row 0's."""
+    import comfy.samplers
+
+    from infinite_id.host import compat
+    from infinite_id.sampling.guider import make_guider
+
+    if not compat.has_guider():
+        pytest.skip("this host has no GUIDER / SamplerCustomAdvanced (March-2024 ComfyUI)")
+    expected, _ = run(tiny_unet, adapter, sweep, {}, "euler_ancestral", ROWS)
+    pos, neg = conds()
+    patched = apply_patch(tiny_unet, adapter, sweep, PatchSettings())
+    latent = torch.zeros(ROWS, 4, 16, 16)
+    guider = make_guider(patched, pos, neg, CFG)
+    sigmas = compat.compute_sigmas(patched, 3, "euler_ancestral", "normal", 1.0)
+    with torch.inference_mode(), unet_rows(tiny_unet) as rows:
+        got = guider.sample(compat.prepare_noise(latent, SEED), latent, comfy.samplers.sampler_object("euler_ancestral"),
+                            sigmas, seed=SEED)
+    assert set(rows) == {2 * (ROWS + 1)}
+    assert rel(got, expected) < TOL
