@@ -1,7 +1,7 @@
 """Tell adapter formats apart by their keys and shapes, never by file name.
 
 Why: users rename downloads freely, and a face pack that matched file-name patterns got
-"model not found" reports for years (ANCHORS.md). Every file this loader cannot run is
+"model not found" reports for years. Every file this loader cannot run is
 refused with a message that says what the file *is* and where it belongs instead.
 
 IP-Adapter files come in two layouts with the same tensors: the original ``.bin`` is a

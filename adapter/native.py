@@ -1,4 +1,4 @@
-"""The native Infinite-ID adapter format (DESIGN.md section 4; layout in docs/ADAPTER_FORMAT.md).
+"""The native Infinite-ID adapter format (layout in docs/ADAPTER_FORMAT.md).
 
 Why a format of our own: the paper publishes no weights and no mapper sizes, so the
 file must say how it was built. A native file is a safetensors file whose metadata
@@ -11,7 +11,7 @@ carries ``format=infinite-id`` and every size the loader needs; the tensors are
   projections, ``n = 1, 3, ..., 139`` in diffusers attention-processor order.
 
 Identity tokens are ``c_id = concat(clip_mapper(clip), face_mapper(arcface))`` along the
-token axis (METHOD.md section 2), CLIP tokens first.
+token axis (docs/ADAPTER_FORMAT.md), CLIP tokens first.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The equations of Infinite-ID inference (METHOD.md section 4) as plain torch functions.
+"""The equations of Infinite-ID inference (docs/METHOD_NOTES.md, "Per layer") as plain torch functions.
 
 Tensors are ``[batch, tokens, channels]`` with heads still merged into channels, the
 layout ComfyUI's attention replacements receive. The attention kernel itself is passed

@@ -11,7 +11,7 @@ with gradient checkpointing on and off and a plain no-grad U-Net forward alterna
 builds a real-size SDXL U-Net with random weights (``bench/sdxl_random.py``) and a
 native adapter of the default sizes; nothing is downloaded.
 
-Data-parallel throughput (issue 15), the same step under ``torchrun`` with torch's DDP
+Data-parallel throughput, the same step under ``torchrun`` with torch's DDP
 over the trainable modules (as ``training/trainer.py`` does), images per second over
 all processes:
 

@@ -1,11 +1,12 @@
-"""Command line: ``run`` (headless workflow runner), ``eval`` (benchmark), ``train`` (adapter training)."""
+"""Command line: ``run`` (headless workflow runner), ``eval`` (benchmark), ``train`` (adapter training),
+``doctor`` (what is wrong with this install)."""
 from __future__ import annotations
 
 import argparse
 import logging
 from typing import Any
 
-from . import evaluate, run, train
+from . import doctor, evaluate, run, train
 
 
 def main(argv: list[str], host: Any) -> int:
@@ -15,7 +16,10 @@ def main(argv: list[str], host: Any) -> int:
     run.add_parser(commands)
     evaluate.add_parser(commands)
     train.add_parser(commands)
+    doctor.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # ComfyUI 0.33 installs a root handler at WARNING while importing, which makes basicConfig a no-op.
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger(__name__).info(host.describe())
     return args.handler(args)

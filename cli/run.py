@@ -135,6 +135,8 @@ def run_command(args: argparse.Namespace) -> int:
     written = sorted(set(out_dir.rglob("*.png")) - before)
     for path in written:
         log.info("saved %s", path)
-    if not written:
+    if written:
+        log.info("saved %d image(s) to %s", len(written), out_dir)
+    else:
         log.warning("the workflow saved no images (does it have a SaveImage node?)")
     return 0

@@ -265,9 +265,10 @@ def _group(args: argparse.Namespace, dist: Any) -> int:
     from ..training.cache import CacheSettings, Preprocessor, cache_sources, cached_uncond_clip, source_keys
     from ..training.cache import needs_models
     from ..training.grouping import (BORDERLINE_MARGIN, DEFAULT_THRESHOLD, REPORT_TEXT, check_grouping,
-                                     group_photos, place_photos, prepare_group_output, report, scan_pile,
-                                     write_report)
+                                     check_libraries, group_photos, place_photos, prepare_group_output, report,
+                                     scan_pile, write_report)
 
+    check_libraries()
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"group: --threshold must be between 0 and 1 (ArcFace cosine similarity), got {threshold}")

@@ -2,7 +2,7 @@
 
 Why: ``InfiniteIDEncode`` must be tested end to end (insightface -> ArcFace + CLIP
 vision -> mappers -> tokens -> patched U-Net) without real adapter weights. This mapper
-has the paper's shape (METHOD.md section 2): a CLIP mapper and a face mapper whose
+has the paper's shape (docs/ADAPTER_FORMAT.md): a CLIP mapper and a face mapper whose
 tokens are concatenated along the token axis, CLIP tokens first. It is deliberately
 simple so a test can recompute its output by hand: the CLIP mapper reads the mean of
 the hidden states over the sequence, the face mapper is a two-layer MLP.

@@ -4,7 +4,7 @@ Why its own module: the nodes, the ``eval`` command and the tests all mean the s
 numbers. Nothing here knows ComfyUI, files or backbones: embeddings in, numbers out.
 
 - ``M_FaceNet`` / CLIP-I: cosine of two face embeddings (eq. 1), 0 when either face is
-  missing (the FastComposer protocol the paper follows, METHOD.md section 7).
+  missing (the FastComposer protocol the paper follows, docs/EVALUATION.md).
 - CLIP-T: cosine of the image embedding and the prompt embedding (eq. 3).
 - Summary: ``mean(zscore(M_FaceNet), zscore(CLIP-I))`` over the compared configurations
   (eq. 2), with the population standard deviation (``ddof=0``).

@@ -2,7 +2,7 @@
 
 Inside a running ComfyUI none of this is used: the host is already imported. Outside it
 (``python . run``, ``pytest``) the pack needs a ComfyUI tree on ``sys.path`` before it
-can import ``comfy``. The order is the one DESIGN.md section 6 fixes:
+can import ``comfy``. The order (README "Development"):
 
 1. ``$COMFYUI_PATH``;
 2. the ComfyUI that encloses the pack when it sits in ``custom_nodes/``;

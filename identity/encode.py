@@ -1,4 +1,4 @@
-"""Reference photos of one person -> an :class:`Identity` (METHOD.md section 2).
+"""Reference photos of one person -> an :class:`Identity` (docs/IDENTITY.md, "Encoding").
 
 For each photo: detect and align the face (``faces.py``), take ArcFace's embedding and
 CLIP vision's hidden states of the aligned face, then map them to identity tokens with

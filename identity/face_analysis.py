@@ -1,8 +1,9 @@
 """Load an insightface ``FaceAnalysis`` (the ``FACEANALYSIS`` type) without surprises.
 
 Why this module exists: the face packs' most reported failures are installation and
-folder problems (ANCHORS.md: insightface not installed, onnxruntime's CUDA provider not
-loading, ``antelopev2/antelopev2/`` nested folders, run-time downloads). So:
+folder problems (insightface not installed, onnxruntime's CUDA provider not loading,
+``onnxruntime`` and ``onnxruntime-gpu`` installed together, ``antelopev2/antelopev2/``
+nested folders, run-time downloads). So:
 
 - insightface and onnxruntime are imported inside functions: the pack loads without
   them and the message says what to ``pip install``;
@@ -13,7 +14,10 @@ loading, ``antelopev2/antelopev2/`` nested folders, run-time downloads). So:
   exactly that folder, and neither can reach its download branch;
 - the nested ``<pack>/<pack>/`` mistake is used in place (user files are never moved);
 - the requested execution provider falls back to CPU when onnxruntime cannot offer it,
-  and the provider that actually runs is logged.
+  and the provider that actually runs is logged;
+- ``auto`` (the default) takes the installed build's accelerator (``onnxruntime-gpu``:
+  CUDA; ROCm, DirectML or CoreML builds: theirs) and CPU when there is none, so a
+  GPU build gives GPU face analysis without any setting.
 """
 from __future__ import annotations
 
@@ -27,12 +31,19 @@ from ..host.folders import INSIGHTFACE, folder_paths_for
 log = logging.getLogger(__name__)
 
 DEFAULT_PACK = "antelopev2"
+AUTO = "auto"
 PROVIDERS = {
+    AUTO: "",  # the first of AUTO_ORDER the installed onnxruntime offers, else CPU
     "CPU": "CPUExecutionProvider",
     "CUDA": "CUDAExecutionProvider",
     "ROCm": "ROCMExecutionProvider",
     "CoreML": "CoreMLExecutionProvider",
+    "DirectML": "DmlExecutionProvider",
 }
+AUTO_ORDER = ("CUDA", "ROCm", "DirectML", "CoreML")
+# The pip distributions that install the one ``onnxruntime`` module.
+ONNXRUNTIME_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-rocm", "onnxruntime-directml",
+                      "onnxruntime-silicon", "onnxruntime-openvino")
 # The files of the packs people use; the detector and recognizer are what the pack needs.
 PACK_FILES = {
     "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx", "1k3d68.onnx", "2d106det.onnx", "genderage.onnx"),
@@ -129,14 +140,24 @@ def _installed(dist: str) -> bool:
         return False
 
 
+def installed_builds() -> list[str]:
+    """The onnxruntime distributions pip has installed (more than one is the clash)."""
+    return [d for d in ONNXRUNTIME_BUILDS if _installed(d)]
+
+
 def onnxruntime_clash() -> str:
     """A warning when two onnxruntime builds are installed (they overwrite each other)."""
-    builds = [d for d in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-rocm", "onnxruntime-silicon")
-              if _installed(d)]
+    builds = installed_builds()
     if len(builds) < 2:
         return ""
     return (f"several onnxruntime builds are installed ({', '.join(builds)}); they share one 'onnxruntime' "
-            f"module and the last one installed wins. Uninstall all of them and install only the one you need.")
+            f"module and the last one installed wins. Uninstall all of them and install only the one you need "
+            f"(python . doctor prints the commands).")
+
+
+def auto_provider(available: Sequence[str]) -> str:
+    """The provider name ``auto`` means for onnxruntime's ``available`` providers."""
+    return next((name for name in AUTO_ORDER if PROVIDERS[name] in available), "CPU")
 
 
 def choose_providers(provider: str) -> list[str]:
@@ -145,8 +166,11 @@ def choose_providers(provider: str) -> list[str]:
 
     if provider not in PROVIDERS:
         raise ValueError(f"provider: '{provider}' is not one of {', '.join(PROVIDERS)}")
-    wanted = PROVIDERS[provider]
     available = list(onnxruntime.get_available_providers())
+    if provider == AUTO:
+        provider = auto_provider(available)
+        log.info("provider auto: %s (onnxruntime offers %s)", provider, ", ".join(available))
+    wanted = PROVIDERS[provider]
     if wanted == PROVIDERS["CPU"]:
         return [wanted]
     if wanted not in available:
@@ -154,6 +178,56 @@ def choose_providers(provider: str) -> list[str]:
                     provider, ", ".join(available))
         return [PROVIDERS["CPU"]]
     return [wanted, PROVIDERS["CPU"]]
+
+
+def imported_build() -> tuple[str, str]:
+    """``(distribution, module folder)`` of the ``onnxruntime`` module Python imports.
+
+    Why not the version alone: with two builds installed, the module is a mix of files
+    from both; the distribution whose file list holds the imported ``__init__.py`` is
+    the one that actually runs.
+    """
+    import onnxruntime
+
+    init = os.path.realpath(onnxruntime.__file__)
+    for dist in installed_builds():
+        for file in importlib.metadata.distribution(dist).files or ():
+            if str(file).replace("\\", "/") == "onnxruntime/__init__.py" and \
+                    os.path.realpath(file.locate()) == init:
+                return dist, os.path.dirname(init)
+    return "unknown", os.path.dirname(init)
+
+
+def probe_providers() -> dict[str, str]:
+    """Each execution provider onnxruntime offers -> "loads" or why it does not.
+
+    A provider can be offered (``get_available_providers``) and still fail to load, as
+    ``onnxruntime-gpu``'s CUDA provider does without CUDA/cuDNN libraries: onnxruntime
+    then logs an error and silently runs the session on the CPU. One tiny session per
+    provider shows which really load.
+    """
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # the failure is reported here, not as an onnxruntime log line
+    result = {}
+    for provider in onnxruntime.get_available_providers():
+        try:
+            chain = [provider] if provider == PROVIDERS["CPU"] else [provider, PROVIDERS["CPU"]]
+            session = onnxruntime.InferenceSession(data, sess_options=options, providers=chain)
+            used = session.get_providers()
+            result[provider] = "loads" if used and used[0] == provider else \
+                "offered but fails to load (missing libraries: CUDA/cuDNN for CUDA, ROCm for ROCm)"
+        except Exception as exc:  # noqa: BLE001 - a provider's failure is the finding
+            result[provider] = f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return result
 
 
 def running_providers(analysis: Any) -> list[str]:
@@ -165,7 +239,7 @@ def running_providers(analysis: Any) -> list[str]:
         return []
 
 
-def load_face_analysis(name: str = DEFAULT_PACK, provider: str = "CPU", det_size: int = 640,
+def load_face_analysis(name: str = DEFAULT_PACK, provider: str = AUTO, det_size: int = 640,
                        roots: Sequence[str] | None = None) -> Any:
     """A prepared ``insightface.app.FaceAnalysis`` for pack ``name`` (0.7.3 and 2.x)."""
     app = import_insightface()
@@ -192,6 +266,7 @@ def load_face_analysis(name: str = DEFAULT_PACK, provider: str = "CPU", det_size
     log.info("insightface pack '%s' loaded from %s; onnxruntime runs it on %s", name, pack_dir,
              running[0] if running else providers[0])
     if providers[0] not in running and running:
-        log.warning("requested provider %s failed to load in onnxruntime (missing CUDA/cuDNN libraries or a "
-                    "mismatched onnxruntime build); running on %s instead", provider, running[0])
+        log.warning("requested provider %s (%s) failed to load in onnxruntime (missing CUDA/cuDNN libraries or a "
+                    "mismatched onnxruntime build); running on %s instead. 'python . doctor' shows which "
+                    "providers load and how to fix the install.", provider, providers[0], running[0])
     return analysis

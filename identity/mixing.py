@@ -1,4 +1,4 @@
-"""Identity mixing and interpolation (METHOD.md section 6).
+"""Identity mixing and interpolation (docs/IDENTITY.md).
 
 Both work on the mapped identity tokens ``c_id`` (``Identity.cond``/``uncond``), not on
 raw ArcFace/CLIP features re-mapped through an adapter. Why:

@@ -16,7 +16,7 @@ import re
 import torch
 
 from ..host.folders import identities_folder
-from .types import Identity, token_problem
+from .types import Identity, check_identity, token_problem
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ def save_identity(identity: Identity, name: str, folder: str | None = None, over
     """
     from safetensors.torch import save_file
 
-    if not isinstance(identity, Identity):
-        raise ValueError(f"identity: expected an INFINITEID_IDENTITY, got {type(identity).__name__}")
+    check_identity(identity, "identity")  # a file must never hold tokens that a load would refuse
     folder = folder or identities_folder()
     os.makedirs(folder, exist_ok=True)
     stem = _safe_name(name)

@@ -1,6 +1,6 @@
 """Thin ComfyUI node classes; each file adapts ComfyUI types to one feature.
 
-Node type names are a public contract (DESIGN.md section 2): saved workflows refer to
+Node type names are a public contract (docs/COMPATIBILITY.md, "Saved workflows"): saved workflows refer to
 them. Add nodes freely; never rename or remove one without a migration.
 """
 from . import adapter_loader, apply, guider, sampler

@@ -13,6 +13,7 @@ from ..adapter.loader import load_adapter_file, read_metadata
 from ..host.folders import ADAPTERS, IDENTITIES_SUBFOLDER, folder_paths_for, missing_file_message
 from ..identity.storage import FORMAT as IDENTITY_FORMAT
 from .errors import node_error
+from .inputs import checked_inputs
 
 NODE = "InfiniteIDAdapterLoader"
 DEFAULT_ADAPTER = "ip-adapter-faceid-plusv2_sdxl.bin"
@@ -56,6 +57,7 @@ class InfiniteIDAdapterLoader:
                            f"{DEFAULT_ADAPTER} is always listed; if it is not installed, running says where it goes."}),
         }}
 
+    @checked_inputs(NODE)
     def load(self, adapter_name: str):
         import folder_paths
 

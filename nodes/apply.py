@@ -6,9 +6,11 @@ import math
 from ..adapter.lora import apply_adapter_lora
 from ..unet.layers import parse_block_list
 from ..attention.functional import ADAIN_MODES, ATTENTION_MODES
+from ..identity.types import check_identity
 from ..model_patch.install import apply_patch, check_identity_adapter
 from ..model_patch.settings import PatchSettings
 from .errors import node_error
+from .inputs import checked_inputs
 
 NODE = "InfiniteIDApply"
 
@@ -59,11 +61,13 @@ class InfiniteIDApply:
                                          "both streams; 0 leaves the model's weights untouched."}),
         }}
 
+    @checked_inputs(NODE)
     def apply(self, model, adapter, identity, weight, attention_mode, cross_attention_merge, adain,
               start_percent, end_percent, mix_start_percent, mix_end_percent, blocks, lora_strength=1.0):
         with node_error(NODE):
             if not isinstance(lora_strength, (int, float)) or not math.isfinite(lora_strength):
                 raise ValueError(f"lora_strength: must be a finite number, not {lora_strength!r}")
+            check_identity(identity, "identity")
             check_identity_adapter(identity, adapter)
             settings = PatchSettings(
                 weight=weight, attention_mode=attention_mode, merge=cross_attention_merge, adain=adain,

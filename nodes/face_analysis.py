@@ -6,8 +6,9 @@ fallback, no downloads) lives in ``identity/face_analysis.py``.
 """
 from __future__ import annotations
 
-from ..identity.face_analysis import DEFAULT_PACK, PROVIDERS, available_packs, load_face_analysis
+from ..identity.face_analysis import AUTO, DEFAULT_PACK, PROVIDERS, available_packs, load_face_analysis
 from .errors import node_error
+from .inputs import checked_inputs
 
 NODE = "InfiniteIDFaceAnalysisLoader"
 
@@ -17,6 +18,7 @@ class InfiniteIDFaceAnalysisLoader:
                    "Nothing is downloaded; a missing pack gives a message naming its files and folder.")
     CATEGORY = "InfiniteID"
     RETURN_TYPES = ("FACEANALYSIS",)
+    RETURN_NAMES = ("face_analysis",)
     FUNCTION = "load"
 
     @classmethod
@@ -24,14 +26,16 @@ class InfiniteIDFaceAnalysisLoader:
         return {"required": {
             "model_name": (available_packs(), {"default": DEFAULT_PACK,
                            "tooltip": "A folder under models/insightface/models/ (antelopev2, buffalo_l, ...)."}),
-            "provider": (list(PROVIDERS), {"default": "CPU",
-                         "tooltip": "onnxruntime execution provider; falls back to CPU (with a log line) when the "
-                                    "installed onnxruntime cannot run it."}),
+            "provider": (list(PROVIDERS), {"default": AUTO,
+                         "tooltip": "onnxruntime execution provider. auto: the installed build's GPU provider "
+                                    "(onnxruntime-gpu: CUDA), else CPU. Falls back to CPU (with a log line) when "
+                                    "the installed onnxruntime cannot run it."}),
             "det_size": ("INT", {"default": 640, "min": 128, "max": 2048, "step": 32,
                                  "tooltip": "Detector input size. Encode retries smaller sizes down to 320 when no "
                                             "face is found."}),
         }}
 
+    @checked_inputs(NODE)
     def load(self, model_name, provider, det_size):
         with node_error(NODE):
             return (load_face_analysis(model_name, provider, det_size),)

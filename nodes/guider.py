@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..sampling.dual_stream import NOISE_MODES, check_model
 from ..sampling.guider import make_guider
 from .errors import node_error
+from .inputs import checked_inputs
 from .sampler import BATCH_NOISE_TOOLTIP
 
 NODE = "InfiniteIDGuider"
@@ -28,6 +29,7 @@ class InfiniteIDGuider:
             "batch_noise": (list(NOISE_MODES), {"default": "auto", "tooltip": BATCH_NOISE_TOOLTIP}),
         }}
 
+    @checked_inputs(NODE)
     def get_guider(self, model, positive, negative, cfg, batch_noise="auto"):
         with node_error(NODE):
             check_model(model, None, NODE)

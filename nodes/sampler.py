@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..sampling.dual_stream import NOISE_MODES, sample_dual_stream
 from .errors import node_error
+from .inputs import checked_inputs
 
 NODE = "InfiniteIDSampler"
 BATCH_NOISE_TOOLTIP = (
@@ -43,6 +44,7 @@ class InfiniteIDSampler:
             "batch_noise": (list(NOISE_MODES), {"default": "auto", "tooltip": BATCH_NOISE_TOOLTIP}),
         }}
 
+    @checked_inputs(NODE)
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0,
                batch_noise="auto"):
         with node_error(NODE):

@@ -11,6 +11,13 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${INFINITEID_VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
 IF073="$VENV/insightface-0.7.3"   # overlay: PYTHONPATH=$IF073 swaps insightface 2.x for 0.7.3
+# overlay: PYTHONPATH=$ORTGPU puts onnxruntime-gpu in front of the CPU build (tests/test_doctor.py:
+# a GPU build whose CUDA provider cannot load here, and the two-builds clash users hit)
+ORTGPU_VERSION=1.31.1
+ORTGPU="$VENV/onnxruntime-gpu"
+# the newer editor tests/test_editor.py runs beside the host's pinned one (--front-end-root)
+FRONTEND_VERSION=1.58.1
+FRONTEND="$VENV/frontend-$FRONTEND_VERSION"
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -74,5 +81,11 @@ log "insightface 0.7.3 overlay at $IF073"
 rm -rf "$IF073"
 pip_install --no-deps --no-cache-dir --target "$IF073" insightface==0.7.3
 [ -f "$IF073/insightface/app/face_analysis.py" ] || { log "insightface 0.7.3 overlay is incomplete"; exit 1; }
+log "onnxruntime-gpu $ORTGPU_VERSION overlay at $ORTGPU (installs without a GPU)"
+rm -rf "$ORTGPU"
+pip_install --no-deps --target "$ORTGPU" "onnxruntime-gpu==$ORTGPU_VERSION"
+log "editor frontend $FRONTEND_VERSION at $FRONTEND"
+rm -rf "$FRONTEND"
+pip_install --no-deps --target "$FRONTEND" "comfyui-frontend-package==$FRONTEND_VERSION"
 echo "$stamp" > "$VENV/.bootstrap-stamp"
 log "done"

@@ -50,16 +50,19 @@ def thumbnail_digest(path: Path) -> str | None:
 
 
 def tile(paths: list[Path]):
-    """The saved images side by side (rows of up to ``THUMBNAIL_MAX_COLUMNS``), each ``THUMBNAIL_TILE`` px."""
+    """The saved images in a square grid (the template browser's cards are square), each
+    ``THUMBNAIL_TILE`` px, centred on a dark square."""
     from PIL import Image
 
-    columns = min(len(paths), THUMBNAIL_MAX_COLUMNS)
+    columns = min(math.ceil(math.sqrt(len(paths))), THUMBNAIL_MAX_COLUMNS)
     rows = math.ceil(len(paths) / columns)
-    sheet = Image.new("RGB", (columns * THUMBNAIL_TILE, rows * THUMBNAIL_TILE), (24, 24, 24))
+    side = max(columns, rows) * THUMBNAIL_TILE
+    sheet = Image.new("RGB", (side, side), (24, 24, 24))
+    left, top = (side - columns * THUMBNAIL_TILE) // 2, (side - rows * THUMBNAIL_TILE) // 2
     for i, path in enumerate(paths):
         with Image.open(path) as image:
             small = image.convert("RGB").resize((THUMBNAIL_TILE, THUMBNAIL_TILE), Image.Resampling.LANCZOS)
-        sheet.paste(small, ((i % columns) * THUMBNAIL_TILE, (i // columns) * THUMBNAIL_TILE))
+        sheet.paste(small, (left + (i % columns) * THUMBNAIL_TILE, top + (i // columns) * THUMBNAIL_TILE))
     return sheet
 
 

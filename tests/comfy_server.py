@@ -77,12 +77,14 @@ def _host_flags(host_path: Path, base: Path) -> list[str]:
 
 @contextlib.contextmanager
 def comfy_server(host_path: Path, base: Path, log_path: Path, files: Mapping[str, bytes] = {},
-                 timeout: float = 240.0, processes: list | None = None) -> Iterator[str]:
+                 timeout: float = 240.0, processes: list | None = None,
+                 extra_args: tuple[str, ...] | list[str] = ()) -> Iterator[str]:
     """Yield the server's URL once ``/object_info`` lists this pack's nodes; stop it after.
 
     ``files``: paths under ``base`` to create first, e.g. ``models/checkpoints/x.safetensors``
     (placeholders, so the editor's file lists hold a workflow's names) or ``input/ref.png``.
     ``processes``: the server's ``Popen`` is appended to it (a test can kill the server).
+    ``extra_args``: more server flags, e.g. ``--front-end-root`` for another editor version.
     """
     host_path, base = Path(host_path).resolve(), Path(base).resolve()
     for sub in ("run", "custom_nodes", "input", "output", "user/default", "models"):
@@ -94,7 +96,7 @@ def comfy_server(host_path: Path, base: Path, log_path: Path, files: Mapping[str
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(EDITOR_SETTINGS))
     port = free_port()
     cmd = [sys.executable, "-c", _WRAPPER, str(host_path), str(base / "user"), "--listen", "127.0.0.1",
-           "--port", str(port), "--cpu", "--disable-auto-launch", *_host_flags(host_path, base)]
+           "--port", str(port), "--cpu", "--disable-auto-launch", *_host_flags(host_path, base), *extra_args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("COMFYUI_PATH", None)
     url = f"http://127.0.0.1:{port}"

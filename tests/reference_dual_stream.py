@@ -7,8 +7,8 @@ U-Net passes through the host's ``BaseModel.apply_model``:
    transformer layer's ``attn1.to_k`` / ``attn1.to_v`` record the self-attention keys
    and values ``K_t``, ``V_t``;
 2. an identity pass on the identity-stream latent, during which the ``forward`` of every
-   ``attn1`` / ``attn2`` module is temporarily replaced by the equations of METHOD.md
-   section 4, written with ``torch.nn.functional.scaled_dot_product_attention`` and
+   ``attn1`` / ``attn2`` module is temporarily replaced by the equations of
+   docs/METHOD_NOTES.md ("Per layer"), written with ``torch.nn.functional.scaled_dot_product_attention`` and
    reading the recorded ``K_t``, ``V_t``.
 
 Each pass holds the cond rows then the uncond rows; classifier-free guidance, the

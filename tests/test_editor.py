@@ -7,6 +7,13 @@ lands on the input it was meant for, and that the editor's own "Queue" conversio
 A screenshot of each is saved to ``docs/screenshots/`` (current editor) or
 ``docs/screenshots/2024/`` (the 2024 tree's editor).
 
+On a current host the editor runs twice: the frontend the host pins
+(``comfyui-frontend-package``) and a newer one (``--front-end-root`` to the folder
+``scripts/bootstrap.sh`` installs, ``.venv/frontend-<version>``). There the template
+browser must list each shipped workflow once with its thumbnail, the missing-models panel
+must name the folder of every missing file, and the adapter dropdown must hold adapters
+only; the pack's link colours must survive the colour palette on every editor.
+
 Skips, with the reason, when Chromium/chromedriver/selenium are missing (install them
 with ``scripts/bootstrap.sh``).
 """
@@ -19,10 +26,18 @@ from pathlib import Path
 
 import pytest
 
-from infinite_id.workflow_io.shipped import PACK_ROOT, SHIPPED, api_path, ui_paths
-from infinite_id.workflow_io.ui_to_api import declared_inputs, widget_layout
+import sys
 
-from comfy_server import comfy_server
+from infinite_id.workflow_io.shipped import PACK_ROOT, SHIPPED, api_path, thumbnail_path, ui_paths
+from infinite_id.workflow_io.ui_to_api import declared_inputs, ui_to_api, widget_layout
+
+from comfy_server import PACK_NAME, comfy_server
+
+# The newer editor tested beside the host's pinned one (scripts/bootstrap.sh installs it).
+NEWER_FRONTEND = "1.58.1"
+NEWER_FRONTEND_ROOT = Path(sys.prefix) / f"frontend-{NEWER_FRONTEND}" / "comfyui_frontend_package" / "static"
+TYPE_COLOURS = {"INFINITEID_IDENTITY": "#E8A33D", "INFINITEID_ADAPTER": "#B07CE8", "FACEANALYSIS": "#3CB4A0"}
+OLD_WORKFLOW = Path(__file__).parent / "data" / "identity_mixing_v0.2.0.json"
 
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,800",
@@ -84,21 +99,44 @@ def _browser_or_skip() -> tuple[str, str]:
     return chromium, driver
 
 
-def _screenshot_dir(host_path: Path) -> Path:
-    """Current editors (served from comfyui-frontend-package) and the 2024 one look different."""
-    current = "frontend" in (host_path / "requirements.txt").read_text(errors="ignore") \
+def _is_current_host(host_path: Path) -> bool:
+    """Current hosts serve the editor from comfyui-frontend-package; the 2024 tree has its own."""
+    return "frontend" in (host_path / "requirements.txt").read_text(errors="ignore") \
         if (host_path / "requirements.txt").is_file() else False
-    return PACK_ROOT / "docs" / "screenshots" / ("" if current else "2024")
+
+
+def _screenshot_dir(host_path: Path, frontend: str = "pinned") -> Path:
+    """Current editors (served from comfyui-frontend-package) and the 2024 one look different."""
+    if frontend != "pinned":
+        return PACK_ROOT / "docs" / "screenshots" / f"frontend-{frontend}"
+    return PACK_ROOT / "docs" / "screenshots" / ("" if _is_current_host(host_path) else "2024")
+
+
+@pytest.fixture(scope="module", params=["pinned", NEWER_FRONTEND])
+def frontend(request, host_info):
+    """Which editor: the host's own, or the newer frontend (current hosts only)."""
+    if request.param != "pinned":
+        if not _is_current_host(host_info.path):
+            pytest.skip("the 2024 tree serves its own editor; newer frontends need a current host")
+        if not (NEWER_FRONTEND_ROOT / "index.html").is_file():
+            pytest.skip(f"frontend {request.param} is not installed at {NEWER_FRONTEND_ROOT} (scripts/bootstrap.sh)")
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def editor(host_info, tmp_path_factory):
+def server_base(tmp_path_factory, frontend):
+    return tmp_path_factory.mktemp(f"comfyui-{frontend}")
+
+
+@pytest.fixture(scope="module")
+def editor(host_info, server_base, frontend):
     chromium, driver_path = _browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    base = tmp_path_factory.mktemp("comfyui")
-    with comfy_server(host_info.path, base, base / "server.log", _workflow_files()) as url:
+    base = server_base
+    extra = ["--front-end-root", str(NEWER_FRONTEND_ROOT)] if frontend != "pinned" else []
+    with comfy_server(host_info.path, base, base / "server.log", _workflow_files(), extra_args=extra) as url:
         _frontend_or_skip(url)
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
@@ -139,7 +177,8 @@ def _workflow_files() -> dict[str, bytes]:
     from infinite_id.cli.models import LOADER_INPUTS
     from infinite_id.cli.run import demo_photo
 
-    files = {}
+    # A saved identity: the adapter dropdown must not list it.
+    files = {"models/infiniteid/identities/alice.safetensors": b""}
     for name in SHIPPED:
         for node in json.loads(api_path(name).read_text()).values():
             for input_name, need in LOADER_INPUTS.get(node["class_type"], {}).items():
@@ -171,7 +210,7 @@ def _same(a, b) -> bool:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_workflow_opens_in_editor(editor, host_info, name):
+def test_workflow_opens_in_editor(editor, host_info, frontend, name):
     import nodes
 
     workflow = json.loads(ui_paths(name)[0].read_text())
@@ -207,6 +246,8 @@ def test_workflow_opens_in_editor(editor, host_info, name):
             assert _same(got["inputs"][key], want), f"node {nid} input {key}: {got['inputs'][key]!r} != {want!r}"
         if "_meta" in got:
             assert got["_meta"]["title"] == node["_meta"]["title"]
+    if frontend != "pinned":
+        return  # the README shows the pinned editor's screenshots
     time.sleep(0.5)
     out = _screenshot_dir(host_info.path) / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -248,3 +289,151 @@ def test_editor_cases_queue_as_the_runner_converts_them(editor):
     want = ui_to_api(graph)
     assert {k: (v["class_type"], v["inputs"]) for k, v in got.items()} == \
         {k: (v["class_type"], v["inputs"]) for k, v in want.items()}
+
+
+_TEMPLATES_JS = """
+const [module, names, done] = arguments;
+(async () => {
+  try {
+    const response = await fetch('/api/workflow_templates');
+    const listed = response.ok ? await response.json() : null;
+    if (listed === null) { done({listed}); return; }
+    const thumbs = {};
+    for (const n of names) {
+      const r = await fetch(`/api/workflow_templates/${module}/${n}.jpg`);
+      thumbs[n] = [r.status, r.headers.get('content-type')];
+    }
+    let cards = null;
+    if (app.extensionManager && app.extensionManager.command) {
+      await app.extensionManager.command.execute('Comfy.BrowseTemplates');
+      await new Promise(r => setTimeout(r, 2000));
+      const entry = [...document.querySelectorAll('[role=dialog] *')]
+        .find(e => e.children.length === 0 && (e.innerText || '').trim() === module);
+      if (entry) { entry.click(); await new Promise(r => setTimeout(r, 2500)); }
+      const dialog = document.querySelector('[role=dialog]');
+      cards = {text: dialog ? dialog.innerText : '',
+               images: [...document.querySelectorAll('[role=dialog] img')].filter(i => i.complete && i.naturalWidth > 0).length};
+    }
+    done({listed, thumbs, cards});
+  } catch (e) { done({error: String((e && e.stack) || e)}); }
+})();
+"""
+
+_CLOSE_DIALOGS_JS = """
+document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true}));
+document.querySelectorAll('[role=dialog] button[aria-label=Close], [role=dialog] .p-dialog-close-button')
+  .forEach(b => b.click());
+"""
+
+
+def test_templates_listed_once_with_thumbnails(editor, host_info, frontend):
+    """The template browser lists each shipped workflow once (only example_workflows/ holds UI files),
+    and every card's ``<name>.jpg`` is served."""
+    result = editor.execute_async_script(_TEMPLATES_JS, PACK_NAME, list(SHIPPED))
+    assert "error" not in result, result.get("error")
+    if result["listed"] is None:
+        pytest.skip("this host has no template browser (/api/workflow_templates)")
+    listed = result["listed"].get(PACK_NAME, [])
+    assert sorted(listed) == sorted(SHIPPED), listed  # once each
+    for name in SHIPPED:
+        assert thumbnail_path(name).is_file()
+        assert result["thumbs"][name] == [200, "image/jpeg"], (name, result["thumbs"][name])
+    if result["cards"] is not None:
+        text = result["cards"]["text"]
+        assert all(text.count(name) == 1 for name in SHIPPED), text
+        assert result["cards"]["images"] >= len(SHIPPED), result["cards"]
+        out = _screenshot_dir(host_info.path, frontend) / "template_browser.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _save_small_png(editor.get_screenshot_as_png(), out)
+    editor.execute_script(_CLOSE_DIALOGS_JS)
+
+
+_MISSING_JS = """
+const [wf, done] = arguments;
+(async () => {
+  try {
+    await app.ui.settings.setSettingValueAsync('Comfy.Workflow.ShowMissingModelsWarning', true);
+    await app.refreshComboInNodes();
+    await app.loadGraphData(wf, true, true, 'missing_models');
+    await new Promise(r => setTimeout(r, 2500));
+    const button = [...document.querySelectorAll('button')].find(b => /view details/i.test(b.innerText));
+    if (button) { button.click(); await new Promise(r => setTimeout(r, 2000)); }
+    const section = [...document.querySelectorAll('section')].find(e => /Missing Models/.test(e.innerText || ''));
+    const adapter = app.graph._nodes.find(n => n.type === 'InfiniteIDAdapterLoader');
+    const options = adapter.widgets.find(w => w.name === 'adapter_name').options.values;
+    done({panel: section ? section.innerText : null, adapterOptions: typeof options === 'function' ? options() : options});
+  } catch (e) { done({error: String((e && e.stack) || e)}); }
+})();
+"""
+
+
+def test_missing_models_panel_names_every_folder(editor, host_info, server_base, frontend):
+    """No model installed: the panel lists the checkpoint and CLIP vision with their folders (from the
+    workflow's ``models`` metadata and the host); the adapter loader offers its default name, so ComfyUI's
+    list check passes and the pack's own message names models/infiniteid on Run."""
+    if not _is_current_host(host_info.path):
+        pytest.skip("the 2024 editor has no missing-models panel")
+    workflow = json.loads(ui_paths("raw_photo")[0].read_text())
+    placeholders = [server_base / rel for rel in _workflow_files() if rel.startswith("models/")]
+    saved = {path: path.read_bytes() for path in placeholders}
+    for path in placeholders:
+        path.unlink()
+    try:
+        result = editor.execute_async_script(_MISSING_JS, workflow)
+        assert "error" not in result, result.get("error")
+        panel = result["panel"]
+        print(f"\nmissing-models panel ({frontend}):\n{panel}")
+        assert panel is not None, "no missing-models panel"
+        lines = [line.strip() for line in panel.splitlines() if line.strip()]
+        for file_name, folder in (("sd_xl_base_1.0.safetensors", "checkpoints"),
+                                  ("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "clip_vision")):
+            assert file_name in lines and lines[lines.index(file_name) + 1] == folder, lines
+        assert "Unknown" not in panel
+        assert result["adapterOptions"] == ["ip-adapter-faceid-plusv2_sdxl.bin"]  # identities/ left out
+        out = _screenshot_dir(host_info.path, frontend) / "missing_models.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _save_small_png(editor.get_screenshot_as_png(), out)
+    finally:
+        for path, data in saved.items():
+            path.write_bytes(data)
+        editor.execute_async_script("const done = arguments[0]; app.refreshComboInNodes().then(() => done(1));")
+
+
+_GRAPH_STATE_JS = """
+const [wf, types, done] = arguments;
+(async () => {
+  try {
+    await app.loadGraphData(wf, true, true, 'state');
+    await new Promise(r => setTimeout(r, 300));
+    const node = LiteGraph.createNode('InfiniteIDAdapterLoader');
+    const values = node.widgets.find(w => w.name === 'adapter_name').options.values;
+    const prompt = JSON.parse(JSON.stringify((await app.graphToPrompt()).output));
+    const errors = app.graph._nodes.filter(n => n.has_errors).map(n => n.type);
+    const byType = app.canvas.default_connection_color_byType || {};
+    done({values: typeof values === 'function' ? values() : values, prompt, errors,
+          linkColours: Object.fromEntries(types.map(t => [t, LGraphCanvas.link_type_colors[t]])),
+          connColours: Object.fromEntries(types.map(t => [t, byType[t]]))});
+  } catch (e) { done({error: String((e && e.stack) || e)}); }
+})();
+"""
+
+
+def test_old_workflow_adapter_list_and_link_colours(editor, frontend):
+    """A workflow saved with version 0.2.0's output names (``INFINITEID_IDENTITY``, ``FACEANALYSIS``)
+    loads and queues as before; a new adapter loader lists no saved identity; the pack's three types keep
+    their link colours after the editor's colour palette has loaded."""
+    old = json.loads(OLD_WORKFLOW.read_text())
+    assert {"INFINITEID_IDENTITY", "FACEANALYSIS"} <= {o["name"] for n in old["nodes"] for o in n["outputs"]}
+    result = editor.execute_async_script(_GRAPH_STATE_JS, old, list(TYPE_COLOURS))
+    assert "error" not in result, result.get("error")
+    assert not result["errors"], result["errors"]
+    want, got = ui_to_api(old), result["prompt"]
+    assert sorted(got, key=int) == sorted(want, key=int)
+    for nid, node in want.items():
+        assert got[nid]["class_type"] == node["class_type"]
+        for key, value in node["inputs"].items():
+            assert _same(got[nid]["inputs"][key], value), f"node {nid} input {key}"
+    assert not [v for v in result["values"] if v.startswith("identities/")], result["values"]
+    assert result["linkColours"] == TYPE_COLOURS, result
+    if any(result["connColours"].values()):
+        assert result["connColours"] == TYPE_COLOURS, result

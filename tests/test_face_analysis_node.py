@@ -52,7 +52,7 @@ def test_lists_packs_of_every_configured_folder(tmp_path, insightface_folders):
     insightface_folders(first, second)
     options = InfiniteIDFaceAnalysisLoader.INPUT_TYPES()["required"]
     assert options["model_name"][0] == ["antelopev2", "buffalo_l"]
-    assert options["provider"][0] == ["CPU", "CUDA", "ROCm", "CoreML"]
+    assert options["provider"][0] == ["auto", "CPU", "CUDA", "ROCm", "CoreML", "DirectML"]
 
 
 def test_nested_pack_loads_and_encodes(runner, tmp_path, insightface_folders, caplog):

@@ -1,4 +1,4 @@
-"""The dual-stream sampling contract (DESIGN.md section 5) on the real host.
+"""The dual-stream sampling contract (docs/METHOD_NOTES.md, README "Nodes") on the real host.
 
 The text stream must be exactly core ``KSampler`` (any sampler, batched or split CFG,
 with ControlNet, LoRA and other packs' attention patches), the patch must cooperate with

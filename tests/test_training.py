@@ -1,4 +1,4 @@
-"""Identity-enhanced training (issue 7) on the tiny models, through the real host.
+"""Identity-enhanced training (docs/TRAINING.md) on the tiny models, through the real host.
 
 The objective is checked against a second implementation written here: forward hooks
 on the U-Net's own cross-attention modules replace their output with attention over

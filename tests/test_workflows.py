@@ -17,8 +17,14 @@ import pytest
 from PIL import Image
 
 from infinite_id.cli import run as run_cli
-from infinite_id.workflow_io.shipped import API_ONLY, SHIPPED, api_path, render_all, same_workflow, ui_paths
+from infinite_id.cli.models import LOADER_INPUTS
+from infinite_id.workflow_io.shipped import (API_ONLY, PACK_ROOT, SHIPPED, api_digest, api_path, render_all,
+                                             same_workflow, thumbnail_path, ui_paths)
 from infinite_id.workflow_io.ui_to_api import ui_to_api
+
+# ComfyUI's template browser lists *.json directly inside these pack folders (app/custom_node_manager.py).
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
+OLD_WORKFLOW = Path(__file__).parent / "data" / "identity_mixing_v0.2.0.json"
 
 FAST = ["InfiniteIDSampler.steps=2", "EmptyLatentImage.width=128", "EmptyLatentImage.height=128"]
 FAST_SWEEP = ["InfiniteIDInterpolate.steps=3", "EmptyLatentImage.batch_size=3"]
@@ -32,6 +38,40 @@ def test_ui_files_are_generated_from_api_files():
     for path, text in render_all().items():
         assert path.is_file(), f"{path} is missing: run scripts/make_workflows.py"
         assert same_workflow(path.read_text(), text), f"{path} is stale: run scripts/make_workflows.py"
+
+
+def test_each_template_is_listed_once_with_a_fresh_thumbnail():
+    import importlib.util
+
+    listed = sorted(p.stem for folder in TEMPLATE_FOLDERS for p in (PACK_ROOT / folder).glob("*.json"))
+    assert listed == sorted(SHIPPED), "a UI file in two template folders is listed twice"
+    spec = importlib.util.spec_from_file_location("make_workflows", PACK_ROOT / "scripts" / "make_workflows.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for name in SHIPPED:
+        path = thumbnail_path(name)
+        assert script.thumbnail_digest(path) == api_digest(name), \
+            f"{path} is missing or older than {api_path(name)}: run scripts/make_workflows.py --thumbnails"
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.size[0] == image.size[1] >= script.THUMBNAIL_TILE
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_loaders_carry_model_metadata(name):
+    """Every file a loader names has a ``properties.models`` entry (name, url, directory): the editor's
+    missing-models panel shows the folder from it."""
+    for node in _load(ui_paths(name)[0])["nodes"]:
+        for input_name, need in LOADER_INPUTS.get(node["type"], {}).items():
+            value = next(v for v in node["widgets_values"] if isinstance(v, str))
+            entries = node["properties"].get("models", [])
+            assert [(e["name"], e["directory"]) for e in entries] == [(value, need.folder)], node["title"]
+            assert all(e["url"].startswith("https://huggingface.co/") for e in entries)
+
+
+def test_workflow_saved_with_old_output_names_still_converts():
+    """Output names changed (``INFINITEID_IDENTITY`` -> ``identity``); links are by slot, so a workflow
+    saved by version 0.2.0 converts to the same prompt as then."""
+    assert ui_to_api(_load(OLD_WORKFLOW)) == _load(OLD_WORKFLOW.with_suffix(".api.json"))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -101,11 +141,22 @@ def test_runs_end_to_end_on_demo_models(name, cli, tmp_path):
             assert "InfiniteIDDemoCheckpoint" in {n["class_type"] for n in prompt.values()}
 
 
-def test_api_file_runs_too(cli, tmp_path):
+def test_api_file_runs_too(cli, tmp_path, caplog):
     out = tmp_path / "out"
-    assert cli(str(api_path("raw_photo")), "--demo", "--output", str(out), *_fast_args("raw_photo")) == 0
-    with Image.open(sorted(out.rglob("*.png"))[0]) as image:
+    with caplog.at_level(logging.INFO):
+        assert cli(str(api_path("raw_photo")), "--demo", "--output", str(out), *_fast_args("raw_photo")) == 0
+    pngs = sorted(out.rglob("*.png"))
+    with Image.open(pngs[0]) as image:
         assert "workflow" not in image.text and "prompt" in image.text
+    for png in pngs:
+        assert f"saved {png}" in caplog.text
+    assert f"saved {len(pngs)} image(s) to {out.resolve()}" in caplog.text
+
+
+def test_workflow_saved_with_old_output_names_runs(cli, tmp_path):
+    out = tmp_path / "out"
+    assert cli(str(OLD_WORKFLOW), "--demo", "--output", str(out), *_fast_args("identity_mixing")) == 0
+    assert len(list(out.rglob("*.png"))) == 1
 
 
 def test_missing_models_are_named_with_their_folder(cli, tmp_path, monkeypatch, caplog):

@@ -1,4 +1,4 @@
-"""Identity-enhanced training of the native adapter (METHOD.md section 3).
+"""Identity-enhanced training of the native adapter (docs/TRAINING.md).
 
 The U-Net is frozen and its text cross-attention is switched off: the face mapper, the
 CLIP mapper and the 70 image key/value projections learn to reconstruct a *different*
@@ -11,5 +11,9 @@ photo of the reference person from the identity tokens alone. Rooms:
   checkpointing and the noise-prediction loss, plain torch over ComfyUI's U-Net;
 - ``trainer.py``: the loop (AdamW, mixed precision, accumulation, resume, checkpoints,
   loss log, previews);
-- ``state.py``: checkpoint and resume files.
+- ``state.py``: checkpoint and resume files, and the refusal to reuse a run folder;
+- ``distributed.py``: data-parallel runs under ``torchrun`` (rank, process group, the
+  few collectives; DDP averages the gradients);
+- ``grouping.py``: ``train group``, sorting a pile of photos into people by ArcFace
+  similarity.
 """

@@ -1,6 +1,6 @@
 """The training objective over ComfyUI's own U-Net: identity-only cross-attention, MSE.
 
-METHOD.md section 3: the U-Net is frozen, its text cross-attention is **deactivated**
+The paper's recipe (docs/TRAINING.md, "The recipe"): the U-Net is frozen, its text cross-attention is **deactivated**
 and no prompt is used; each cross-attention layer attends to the identity tokens
 through the adapter's own projections, ``Attn(Q, W'k c_id, W'v c_id)``, in place of the
 text attention. The loss is the ordinary noise-prediction MSE (for v-prediction

@@ -1,6 +1,6 @@
 """Training batches: the reference features of one photo, the target latent of another.
 
-METHOD.md section 3: the reference face and the denoising target are *different* photos
+The paper's recipe (docs/TRAINING.md, "The recipe"): the reference face and the denoising target are *different* photos
 of the same person, so the adapter learns the person rather than a copy of the photo's
 pose, light and background. Every random choice (person, photo pair, identity drop)
 comes from the run's one CPU generator, so a resumed run draws the same batches as an
