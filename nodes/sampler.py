@@ -13,6 +13,17 @@ BATCH_NOISE_TOOLTIP = (
     "identity batches) or the latent comes from LatentBatchSeedBehavior 'fixed'; per row otherwise.")
 
 
+def check_sampler_choice(sampler_name: str, scheduler: str) -> None:
+    """Names this host's sampler code knows; an API prompt may carry any text."""
+    import comfy.samplers
+
+    for name, value, known in (("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS),
+                               ("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS)):
+        if value not in known:
+            shown = ", ".join(list(known)[:8])
+            raise ValueError(f"{name}: {value!r} is not one of this ComfyUI's {name.split('_')[0]}s ({shown}, ...)")
+
+
 class InfiniteIDSampler:
     DESCRIPTION = ("KSampler for a MODEL patched by 'InfiniteID Apply'. Runs the identity stream and the text stream "
                    "from the same seed in one batched U-Net call per step. Outputs the identity latent (the result) "
@@ -48,6 +59,7 @@ class InfiniteIDSampler:
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0,
                batch_noise="auto"):
         with node_error(NODE):
+            check_sampler_choice(sampler_name, scheduler)
             result = sample_dual_stream(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                         latent_image, denoise, node=NODE, batch_noise=batch_noise)
         return (result.identity, result.text)

@@ -116,3 +116,13 @@ def test_abnormal_exit_after_sampling_prints_no_shutdown_traceback():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 3, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "meta_path" not in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["sampler_name", "scheduler"])
+def test_unknown_sampler_or_scheduler_is_refused(patched, name):
+    pos, neg = conds()
+    args = dict(seed=1, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal")
+    args[name] = "sample_5"
+    with pytest.raises(ValueError, match=rf"^InfiniteIDSampler: {name}: 'sample_5' is not one of this ComfyUI's"):
+        InfiniteIDSampler().sample(patched, positive=pos, negative=neg, latent_image={"samples": torch.zeros(1, 4, 16, 16)},
+                                   **args)
