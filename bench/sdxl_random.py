@@ -32,6 +32,17 @@ def sdxl_unet_config(proportioned: bool = False) -> dict:
 
 
 @torch.no_grad()
+def random_init_(module: torch.nn.Module, seed: int = 0) -> None:
+    """Seeded weights with unit-ish activations (ComfyUI's ops leave weights uninitialised)."""
+    torch.manual_seed(seed)
+    for param in module.parameters():
+        if param.dim() > 1:
+            torch.nn.init.normal_(param, std=param.shape[1] ** -0.5 if param.dim() == 2 else 0.02)
+        else:
+            param.zero_()
+
+
+@torch.no_grad()
 def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0, proportioned: bool = False):
     """``(ModelPatcher, Adapter)``: SDXL-shaped U-Net and a FaceID-Plus-v2-shaped adapter, random."""
     import comfy.model_management as mm
@@ -52,12 +63,7 @@ def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0, proport
     else:
         config.unet_config["dtype"] = dtype
     model = config.get_model({}, device=device)
-    torch.manual_seed(seed)
-    for param in model.diffusion_model.parameters():
-        if param.dim() > 1:
-            torch.nn.init.normal_(param, std=param.shape[1] ** -0.5 if param.dim() == 2 else 0.02)
-        else:
-            param.zero_()
+    random_init_(model.diffusion_model, seed)
     model.diffusion_model.to(dtype)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
     widths = cross_attention_widths(model.diffusion_model)

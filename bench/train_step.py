@@ -51,7 +51,6 @@ def build_from_config(unet_config: dict, dtype, device=None):
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
-    import torch
 
     device = device or mm.get_torch_device()
     config = comfy.supported_models.SDXL(unet_config)
@@ -61,13 +60,9 @@ def build_from_config(unet_config: dict, dtype, device=None):
         config.unet_config["dtype"] = dtype
     model = config.get_model({}, device=device)
     if str(device) != "meta":
-        torch.manual_seed(0)
-        with torch.no_grad():
-            for param in model.diffusion_model.parameters():
-                if param.dim() > 1:
-                    torch.nn.init.normal_(param, std=param.shape[1] ** -0.5 if param.dim() == 2 else 0.02)
-                else:
-                    param.zero_()
+        from sdxl_random import random_init_
+
+        random_init_(model.diffusion_model, 0)
     model.diffusion_model.to(dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
@@ -90,6 +85,24 @@ def build(model: str, precision: str):
         patcher = build_tiny_sdxl(0)
         sizes = {"face_hidden": 64, "clip_dim": 64, "clip_depth": 1, "clip_heads": 2, "clip_dim_head": 32}
     return patcher, sizes
+
+
+def frozen_unet_and_adapter(args):
+    """``(patcher, frozen U-Net, native adapter, CLIP width)`` for ``--model``, loaded."""
+    import comfy.model_management as mm
+
+    from infinite_id.adapter.native import build_native_adapter
+    from infinite_id.unet.layers import SDXL_LAYERS
+    from infinite_id.unet.walk import cross_attention_widths
+
+    patcher, sizes = build(args.model, args.precision)
+    mm.load_models_gpu([patcher])
+    unet = patcher.model.diffusion_model.requires_grad_(False)
+    widths = cross_attention_widths(unet)
+    clip_width = 32 if args.model == "tiny" else 1280
+    adapter = build_native_adapter([widths[k][0] for k in SDXL_LAYERS], token_dim=widths[SDXL_LAYERS[0]][1],
+                                   clip_width=clip_width, seed=0, **sizes)
+    return patcher, unet, adapter, clip_width
 
 
 def main() -> None:
@@ -117,32 +130,17 @@ def main() -> None:
     import comfy.model_management as mm
     import torch
 
-    from infinite_id.adapter.native import build_native_adapter
-    from infinite_id.unet.layers import SDXL_LAYERS
-    from infinite_id.unet.walk import cross_attention_widths
     from infinite_id.training.objective import IdentityObjective, gradient_checkpointing
 
     device = mm.get_torch_device()
-    patcher, sizes = build(args.model, args.precision)
-    mm.load_models_gpu([patcher])
-    unet = patcher.model.diffusion_model.requires_grad_(False)
-    widths = cross_attention_widths(unet)
-    clip_width = 32 if args.model == "tiny" else 1280
-    adapter = build_native_adapter([widths[k][0] for k in SDXL_LAYERS], token_dim=widths[SDXL_LAYERS[0]][1],
-                                   clip_width=clip_width, seed=0, **sizes)
+    patcher, unet, adapter, clip_width = frozen_unet_and_adapter(args)
     adapter.kv.to(device).requires_grad_(True)
     adapter.mapper.to(device).requires_grad_(True)
     params = [q for m in (adapter.kv, adapter.mapper) for q in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.precision]
     objective = IdentityObjective(patcher, adapter.kv, autocast)
-    gen = torch.Generator().manual_seed(0)
-    side = args.size // 8
-    latents = torch.randn(args.batch, 4, side, side, generator=gen).to(device)
-    face = torch.nn.functional.normalize(torch.randn(args.batch, 512, generator=gen), dim=-1).to(device)
-    clip = torch.randn(args.batch, 257, clip_width, generator=gen).to(device)
-    y = objective.size_conditioning([{"height": args.size, "width": args.size, "crop_h": 0, "crop_w": 0}] * args.batch,
-                                    args.size)
+    latents, face, clip, y, gen = _step_inputs(objective, args, device, clip_width)
 
     def train_step(checkpointing: bool) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -202,21 +200,12 @@ def throughput(args, info) -> None:
     import comfy.model_management as mm
     import torch
 
-    from infinite_id.adapter.native import build_native_adapter
     from infinite_id.training.distributed import from_environment
     from infinite_id.training.objective import IdentityObjective, gradient_checkpointing
-    from infinite_id.unet.layers import SDXL_LAYERS
-    from infinite_id.unet.walk import cross_attention_widths
 
     dist = from_environment()
     device = mm.get_torch_device()
-    patcher, sizes = build(args.model, args.precision)
-    mm.load_models_gpu([patcher])
-    unet = patcher.model.diffusion_model.requires_grad_(False)
-    widths = cross_attention_widths(unet)
-    clip_width = 32 if args.model == "tiny" else 1280
-    adapter = build_native_adapter([widths[k][0] for k in SDXL_LAYERS], token_dim=widths[SDXL_LAYERS[0]][1],
-                                   clip_width=clip_width, seed=0, **sizes)
+    patcher, unet, adapter, clip_width = frozen_unet_and_adapter(args)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.precision]
     objective = IdentityObjective(patcher, adapter.kv, autocast)
     latents, face, clip, y, gen = _step_inputs(objective, args, device, clip_width)
