@@ -83,6 +83,7 @@ class CrossAttention(_Replacement):
     def __init__(self, patch: Any, layer: LayerKey, previous: Callable | None = None,
                  stacked: tuple[Stacked, ...] = ()) -> None:
         self.patch, self.layer, self.previous, self.stacked = patch, layer, previous, stacked
+        self._kwargs = tuple(kwargs for _, kwargs in stacked)
         self._device_kwargs: dict[torch.device, tuple[dict, ...]] = {}
 
     def __deepcopy__(self, memo: dict) -> "CrossAttention":
@@ -110,7 +111,7 @@ class CrossAttention(_Replacement):
         return out
 
     def _kwargs_for(self, device: torch.device) -> tuple[dict, ...]:
-        return self._device_kwargs.get(device) or tuple(kwargs for _, kwargs in self.stacked)
+        return self._device_kwargs.get(device, self._kwargs)
 
     def to(self, device: Any = None, *args: Any, **kwargs: Any) -> "CrossAttention":
         """Give stacked callbacks their tensors on ``device`` (ComfyUI's multi-GPU clones call this)."""
@@ -130,7 +131,7 @@ class CrossAttention(_Replacement):
             log.warning("Infinite-ID: a node stacked on the cross-attention of a patched MODEL in a way that could "
                         "not be isolated; its callback also applies to other uses of the same InfiniteIDApply output")
             _warned_shared_add = True
-        self.stacked = fork.stacked
+        self.stacked, self._kwargs = fork.stacked, fork._kwargs
         self._device_kwargs.clear()
 
 
