@@ -72,15 +72,42 @@ def add_identity_attention(out: torch.Tensor, q: torch.Tensor, chunks: Sequence[
     for chunk in chunks:
         k_img, v_img = keys_values[chunk.kind]
         q_id = q[chunk.identity]
-        if k_img.shape[0] == 1 and q_id.shape[0] > 1:
-            # One identity for all rows: its queries form one sequence (cross-attention is per query).
-            image = attend(q_id.reshape(1, -1, q_id.shape[-1]), k_img, v_img).view_as(q_id)
-        else:
-            image = attend(q_id, k_img, v_img)
         block = out[chunk.identity]
-        image = image.to(block.dtype)
+        image = image_attention(q_id, k_img, v_img, attend).to(block.dtype)
         if merge:
             block.add_(image, alpha=weight)
         else:
             block.lerp_(image, weight)
+    return out
+
+
+def image_attention(q_id: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor, attend: Attend) -> torch.Tensor:
+    """Identity rows' attention over image tokens ``[1 or rows, tokens, channels]``."""
+    if k_img.shape[0] == 1 and q_id.shape[0] > 1:
+        # One identity for all rows: its queries form one sequence (cross-attention is per query).
+        return attend(q_id.reshape(1, -1, q_id.shape[-1]), k_img, v_img).view_as(q_id)
+    return attend(q_id, k_img, v_img)
+
+
+def add_regional_identity_attention(out: torch.Tensor, q: torch.Tensor, chunks: Sequence[ChunkRows],
+                                    keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                                    spans: Sequence[slice], weights: torch.Tensor, merge: bool,
+                                    attend: Attend) -> torch.Tensor:
+    """Several people's image attention, each added only where their mask is, in place.
+
+    ``spans[r]`` is person ``r``'s share of the image tokens; each person gets their own
+    softmax over their own tokens, so features never flow between people. ``weights[r]``
+    is ``[1 or rows, query tokens, 1]``: that person's strength per query token (mask,
+    overlap normalisation and weights already folded in). ``merge`` adds
+    ``weights * image``; without it each person's image attention replaces the text
+    attention by that share: ``text + sum_r weights_r * (image_r - text)``.
+    """
+    for chunk in chunks:
+        k_img, v_img = keys_values[chunk.kind]
+        q_id = q[chunk.identity]
+        block = out[chunk.identity]
+        text = None if merge else block.clone()
+        for span, weight in zip(spans, weights):
+            image = image_attention(q_id, k_img[:, span], v_img[:, span], attend).to(block.dtype)
+            block.addcmul_(image if merge else image - text, weight)
     return out

@@ -33,6 +33,26 @@ def load_custom_node(path: str) -> bool:
     return bool(_run(nodes.load_custom_node(path)))
 
 
+# Core node files outside nodes.py that the pack's workflows use; a ComfyUI server loads
+# them itself, the headless runner and the tests load them here.
+CORE_EXTRAS = {"nodes_mask.py": "SolidMask"}
+
+
+def load_core_extras() -> None:
+    """Load ``CORE_EXTRAS`` from the host's ``comfy_extras`` with its own loader, once."""
+    import inspect
+    import os
+
+    import nodes
+
+    folder = os.path.join(os.path.dirname(os.path.realpath(nodes.__file__)), "comfy_extras")
+    parent = "module_parent" in inspect.signature(nodes.load_custom_node).parameters
+    for file, node in CORE_EXTRAS.items():
+        if node not in nodes.NODE_CLASS_MAPPINGS and os.path.isfile(os.path.join(folder, file)):
+            kwargs = {"module_parent": "comfy_extras"} if parent else {}
+            _run(nodes.load_custom_node(os.path.join(folder, file), **kwargs))
+
+
 def validate_prompt(prompt: dict) -> tuple[bool, Any, list, dict]:
     """``execution.validate_prompt``: 2024 takes the prompt; newer hosts are async and
     also take a prompt id and a partial-execution list."""

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 CAPTURE_NODE = "InfiniteIDCapture"
 # Typed optional inputs: the 2024 validator refuses wildcard ("*") inputs.
-_CAPTURE_TYPES = ("LATENT", "IMAGE", "MODEL", "CONDITIONING", "INFINITEID_IDENTITY", "INFINITEID_ADAPTER",
+_CAPTURE_TYPES = ("LATENT", "IMAGE", "MASK", "INT", "MODEL", "CONDITIONING", "INFINITEID_IDENTITY", "INFINITEID_ADAPTER",
                   "CLIP_VISION_OUTPUT", "FLOAT", "STRING", "GUIDER")
 
 

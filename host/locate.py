@@ -11,6 +11,7 @@ can import ``comfy``. The order (README "Development"):
 """
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.util
 import logging
@@ -167,4 +168,5 @@ def load_pack():
         raise RuntimeError(f"ComfyUI could not load the pack at {PACK_ROOT}; see the log above.")
     sys.modules[PACK_ALIAS] = sys.modules[real]
     sys.meta_path.insert(0, _AliasFinder(PACK_ALIAS, real))
+    importlib.import_module(real + ".host.compat").load_core_extras()  # core mask nodes, as a server has them
     return sys.modules[real]

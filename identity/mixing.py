@@ -40,6 +40,14 @@ def _common_batch(identities: Sequence[Identity], names: Sequence[str]) -> int:
     return batches.pop() if batches else 1
 
 
+def refuse_regional(identities: Sequence[Identity], names: Sequence[str]) -> None:
+    """Regions say where each person goes; blending or stacking them would lose that."""
+    for identity, name in zip(identities, names):
+        if identity.regions:
+            raise ValueError(f"{name}: a regional identity (InfiniteID Regions) cannot be mixed or blended; mix or "
+                             "interpolate the people first, then give the result its region")
+
+
 def _check_token_dims(identities: Sequence[Identity], names: Sequence[str]) -> None:
     dims = {identity.cond.shape[-1] for identity in identities}
     if len(dims) > 1:
@@ -82,6 +90,7 @@ def mix(identities: Sequence[Identity], weights: Sequence[float] | None = None,
     weights = list(weights) if weights is not None else [1.0] * len(identities)
     for identity, name in zip(identities, names):
         check_identity(identity, name)
+    refuse_regional(identities, names)
     _check_token_dims(identities, names)
     batch = _common_batch(identities, names)
     conds, unconds, features = [], [], {}
@@ -117,6 +126,7 @@ def interpolate(a: Identity, b: Identity, t: float | Sequence[float]) -> Identit
     names = ("identity_a", "identity_b")
     check_identity(a, names[0])
     check_identity(b, names[1])
+    refuse_regional((a, b), names)
     _check_token_dims((a, b), names)
     if a.cond.shape[1] != b.cond.shape[1]:
         raise ValueError(f"identity_a has {a.cond.shape[1]} tokens and identity_b {b.cond.shape[1]}; blend "

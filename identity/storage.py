@@ -5,6 +5,9 @@ code when loaded; safetensors holds tensors and string metadata, nothing else. T
 holds ``cond``, ``uncond`` and ``features.<name>`` tensors, and metadata naming the
 format, the adapter the tokens were made with and the token shapes, so a loader can
 refuse a damaged or foreign file with a reason instead of failing deep inside sampling.
+A regional identity (InfiniteID Regions) also holds ``region.<i>.mask`` tensors and a
+``regions`` metadata entry (each person's token span, weight and input name); such files
+are version 2, plain identities stay version 1.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "infinite-id-identity"
 VERSION = "1"
+REGIONAL_VERSION = "2"
 EXTENSION = ".safetensors"
 _NAME = re.compile(r"^[\w\-. ]+$")
 # File systems allow 255 bytes per name; the stem leaves room for "_00001", the extension
@@ -65,14 +69,18 @@ def save_identity(identity: Identity, name: str, folder: str | None = None, over
     tensors = {"cond": identity.cond, "uncond": identity.uncond}
     tensors.update({f"features.{key}": value for key, value in identity.features.items()
                     if isinstance(value, torch.Tensor)})
+    tensors.update({f"region.{i}.mask": region.mask for i, region in enumerate(identity.regions)})
     tensors = {key: value.detach().float().cpu().contiguous().clone() for key, value in tensors.items()}
     info = identity.info
     metadata = {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT, "version": REGIONAL_VERSION if identity.regions else VERSION,
         "adapter": str(info.get("adapter", "")), "adapter_format": str(info.get("adapter_format", "")),
         "cond_shape": _shape_text(identity.cond), "uncond_shape": _shape_text(identity.uncond),
         "info": json.dumps(info, default=str),
     }
+    if identity.regions:
+        metadata["regions"] = json.dumps([{"start": r.tokens.start, "stop": r.tokens.stop, "weight": r.weight,
+                                           "name": r.name} for r in identity.regions])
     tmp = path + ".tmp"
     try:
         save_file(tensors, tmp, metadata=metadata)
@@ -146,4 +154,22 @@ def load_identity(name: str, folder: str | None = None) -> Identity:
         info = {}
     info["file"] = name
     features = {key[len("features."):]: value for key, value in tensors.items() if key.startswith("features.")}
-    return Identity(cond=cond, uncond=uncond, features=features, info=info)
+    regions = _load_regions(name, metadata, tensors) if "regions" in metadata else ()
+    try:
+        return Identity(cond=cond, uncond=uncond, features=features, info=info, regions=regions)
+    except ValueError as exc:
+        raise ValueError(f"identity_name: '{name}': {exc}; the file is damaged") from exc
+
+
+def _load_regions(name: str, metadata: dict, tensors: dict) -> tuple:
+    from .regions import Region, check_mask
+
+    try:
+        entries = json.loads(metadata["regions"])
+        regions = tuple(Region(tokens=slice(int(e["start"]), int(e["stop"])), weight=float(e["weight"]),
+                               mask=check_mask(tensors[f"region.{i}.mask"], f"identity_name: '{name}' region {i + 1}"),
+                               name=str(e.get("name", ""))) for i, e in enumerate(entries))
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"identity_name: '{name}' has damaged regions ({exc}); save the regional identity "
+                         "again") from exc
+    return regions

@@ -26,12 +26,33 @@ def token_problem(tokens: torch.Tensor) -> str | None:
     return None
 
 
+def regions_problem(identity: "Identity") -> str | None:
+    """Why an identity's regions do not describe its tokens (spans must tile the token axis), or ``None``."""
+    regions = identity.regions
+    if not regions:
+        return None
+    if not isinstance(regions, tuple):
+        return f"expected a tuple of regions, got {type(regions).__name__}"
+    start = 0
+    for i, region in enumerate(regions):
+        span, mask = getattr(region, "tokens", None), getattr(region, "mask", None)
+        if not isinstance(span, slice) or span.start != start or not isinstance(span.stop, int) or span.stop <= start:
+            return f"region {i + 1}'s token span {span} does not follow the previous one (from token {start})"
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 3 or 0 in mask.shape:
+            return f"region {i + 1}'s mask is not a [batch, height, width] tensor"
+        start = span.stop
+    if start != identity.cond.shape[1]:
+        return f"the regions' spans cover {start} tokens of {identity.cond.shape[1]}"
+    return None
+
+
 @dataclass
 class Identity:
     """Mapped identity tokens for both sides of classifier-free guidance.
 
     ``cond`` and ``uncond`` are ``[n, tokens, dim]``: ``n`` identities (1 for one person;
-    more for an interpolation sweep, one per latent row). ``features`` keeps the raw
+    more for an interpolation sweep, one per latent row). ``regions``: empty, or one
+    ``identity.regions.Region`` per person of a regional identity. ``features`` keeps the raw
     inputs they came from (ArcFace embedding, CLIP hidden states) so identities can be
     re-mapped or blended upstream of the mappers.
     """
@@ -40,6 +61,7 @@ class Identity:
     uncond: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    regions: tuple = ()  # identity/regions.py: one Region per person, each with a token span and a mask
 
     def __post_init__(self) -> None:
         if self.cond.dim() != 3 or self.cond.shape != self.uncond.shape:
@@ -49,6 +71,9 @@ class Identity:
             problem = token_problem(getattr(self, side))
             if problem:
                 raise ValueError(f"identity {side} tokens contain {problem}; re-encode the reference image")
+        problem = regions_problem(self)
+        if problem:
+            raise ValueError(f"identity regions: {problem}")
 
     @property
     def batch(self) -> int:
@@ -74,4 +99,7 @@ def check_identity(identity: Any, input_name: str) -> Identity:
     if identity.cond.shape != identity.uncond.shape:
         raise ValueError(f"{input_name}: cond tokens {tuple(identity.cond.shape)} and uncond tokens "
                          f"{tuple(identity.uncond.shape)} differ in shape")
+    problem = regions_problem(identity)
+    if problem:
+        raise ValueError(f"{input_name}: its regions are damaged: {problem}; rebuild it with InfiniteID Regions")
     return identity

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..attention.rows import add_identity_attention, mixed_self_attention
+from ..attention.rows import add_identity_attention, add_regional_identity_attention, mixed_self_attention
 from ..host import compat
 from ..unet.layers import LayerKey
 
@@ -97,7 +97,12 @@ class CrossAttention(_Replacement):
         if state is not None and state.identity_active:
             keys_values = state.run.keys_values(self.layer, q.device, q.dtype)
             s = self.patch.settings
-            out = add_identity_attention(out, q, state.layout.chunks, keys_values, s.weight, s.merge, attend)
+            regions = state.run.region_weights(q.shape[1], extra_options, q.device, q.dtype)
+            if regions is None:
+                out = add_identity_attention(out, q, state.layout.chunks, keys_values, s.weight, s.merge, attend)
+            else:
+                out = add_regional_identity_attention(out, q, state.layout.chunks, keys_values, regions.spans,
+                                                      regions.weights, s.merge, attend)
         if self.stacked:
             out = self._run_stacked(out, q, k, v, extra_options, state)
         return out if out.dtype == q.dtype else out.to(q.dtype)

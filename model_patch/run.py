@@ -25,6 +25,7 @@ import torch
 
 from ..attention.rows import ChunkRows
 from ..unet.layers import LayerKey
+from .regions import RegionTable, RegionWeights
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class RunState:
     """
 
     def __init__(self, patch: Any, model_sampling: Any, identity_rows: int, text_rows: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, latent_size: tuple[int, int] | None = None) -> None:
         if text_rows not in (identity_rows, 1):
             raise ValueError(f"text_rows must be {identity_rows} or 1, not {text_rows}")
         self.patch = patch
@@ -103,6 +104,11 @@ class RunState:
         if self.identity_on:
             self._tables[self._primary] = project_identity(
                 patch.adapter.kv, patch.identity.cond, patch.identity.uncond, patch.layers, self._primary[0], dtype)
+        self.latent_size = latent_size
+        self.regions: RegionTable | None = None
+        if self.identity_on and patch.identity.regions:
+            self.regions = RegionTable(patch.identity.regions, s.weight, identity_rows, latent_size,
+                                       self._primary[0], dtype)
         self._layouts: dict[tuple[tuple[int, ...], bool], CallLayout] = {}
         self._identity_row_index: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
 
@@ -145,6 +151,17 @@ class RunState:
             found = torch.cat([torch.arange(c.identity.start, c.identity.stop) for c in full.chunks]).to(device)
             self._identity_row_index[(kinds, device)] = found
         return found
+
+    def region_weights(self, tokens: int, extra_options: dict, device: torch.device,
+                       dtype: torch.dtype) -> RegionWeights | None:
+        """The people's per-token strengths for a layer of ``tokens`` tokens (``None``: no regions)."""
+        if self.regions is None:
+            return None
+        shape = extra_options.get("original_shape")
+        size = (int(shape[-2]), int(shape[-1])) if shape else self.latent_size
+        if size is None:
+            raise RuntimeError("Infinite-ID regions: the latent size of this U-Net call is unknown")
+        return self.regions.lookup(tokens, size, device, dtype)
 
     def keys_values(self, layer: LayerKey, device: torch.device, dtype: torch.dtype) -> KeysValues:
         """The identity's image keys/values for ``layer`` where the call runs."""

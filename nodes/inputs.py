@@ -61,6 +61,7 @@ SOCKETS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "LATENT": (lambda v: isinstance(v, dict) and isinstance(v.get("samples"), torch.Tensor),
                "expected a LATENT (a dict with a 'samples' tensor, e.g. from Empty Latent Image)"),
     "IMAGE": (_is_image, "expected an IMAGE tensor [batch, height, width, channels]"),
+    "MASK": (lambda v: isinstance(v, torch.Tensor), "expected a MASK tensor [batch, height, width]"),
     "INFINITEID_ADAPTER": (_is_adapter, "expected an INFINITEID_ADAPTER (from 'InfiniteID Adapter Loader')"),
     "INFINITEID_IDENTITY": (_is_identity, "expected an INFINITEID_IDENTITY (from InfiniteID Encode, Load Identity, "
                                           "Mix or Interpolate)"),

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from ..host import compat
+from ..identity.regions import mask_rows
 from ..model_patch.install import DualStreamPatch, check_before_sampling, find_patch
 from ..model_patch.run import RunState
 from ..model_patch.wrapper import RUN_KEY
@@ -37,6 +38,13 @@ def check_model(model: Any, latent_rows: int | None, node: str) -> DualStreamPat
             f"{node}: latent_image: the identity holds {m} identities (e.g. an interpolation sweep) but the latent "
             f"batch has {latent_rows} rows. Use a latent batch of {m} or 1 (Empty Latent Image batch_size={m} or 1), "
             "or an identity of 1.")
+    masks = mask_rows(patch.identity)
+    rows = max(latent_rows or 1, m)
+    if masks not in (1, rows):
+        raise ValueError(
+            f"{node}: latent_image: the regional identity's masks have a batch of {masks} but the latent batch has "
+            f"{rows} rows. Give InfiniteID Regions masks of batch 1 (the same regions for every image) or {rows} "
+            "(one per image).")
     return patch
 
 
@@ -61,14 +69,16 @@ def check_result(samples: torch.Tensor, node: str) -> None:
             "--fp32-unet): float16 overflows more easily.")
 
 
-def prepare_run(model: Any, identity_rows: int, text_rows: int | None = None) -> Any:
+def prepare_run(model: Any, identity_rows: int, text_rows: int | None = None,
+                latent_size: tuple[int, int] | None = None) -> Any:
     """A clone of the patched model carrying this run's ``RunState`` (identity keys/values
-    projected once, windows and layouts cached)."""
+    projected once, windows, layouts and region masks cached). ``latent_size``: the
+    latent's height and width, so a regional identity's masks are laid out up front."""
     run_model = model.clone()
     options = run_model.model_options.setdefault("transformer_options", {})
     options[RUN_KEY] = RunState(find_patch(model), compat.model_sampling(model), identity_rows,
                                 text_rows or identity_rows, device=model.load_device,
-                                dtype=compat.unet_compute_dtype(model))
+                                dtype=compat.unet_compute_dtype(model), latent_size=latent_size)
     return run_model
 
 
@@ -174,7 +184,7 @@ def sample_dual_stream(model: Any, seed: int, steps: int, cfg: float, sampler_na
     if noise_mask is not None and noise_mask.shape[0] == n:
         noise_mask = plan.stack(noise_mask)
 
-    run_model = prepare_run(model, n, plan.text_rows)
+    run_model = prepare_run(model, n, plan.text_rows, tuple(latent_image.shape[-2:]))
     sigmas = compat.compute_sigmas(run_model, steps, sampler_name, scheduler, denoise)
     sampler = paired_sampler(comfy.samplers.sampler_object(sampler_name), plan)
     x0_output: dict = {}

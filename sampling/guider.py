@@ -43,7 +43,8 @@ def _define_guider_class():
             if shared:
                 noise = noise[:1].expand_as(latent_image)
             plan = plan_rows(n, shared, latent_image, denoise_mask)
-            self.model_patcher = prepare_run(self.patched_model, n, plan.text_rows)
+            self.model_patcher = prepare_run(self.patched_model, n, plan.text_rows,
+                                            tuple(latent_image.shape[-2:]))
             self.model_options = self.model_patcher.model_options
             if denoise_mask is not None and denoise_mask.shape[0] == n:
                 denoise_mask = plan.stack(denoise_mask)

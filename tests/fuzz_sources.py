@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-SOCKET_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "INFINITEID_IDENTITY",
+SOCKET_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "INT", "INFINITEID_IDENTITY",
                 "INFINITEID_ADAPTER", "FACEANALYSIS", "CLIP_VISION", "GUIDER", "FLOAT", "STRING")
 SINK = "InfiniteIDTestSink"
 _values: dict[str, Any] = {}

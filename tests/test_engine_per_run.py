@@ -61,7 +61,12 @@ def test_nothing_reads_adapter_weights_or_tokens_during_the_loop(tiny_unet, monk
         handle.remove()
     assert projections == [1]  # once for the run
     assert torch.isfinite(identity_latent).all()
-    assert torch.equal(identity_latent, clean[0]) and torch.equal(text_latent, clean[1])
+    # NaN weights read anywhere in the loop would make the result NaN. Equal up to float
+    # rounding, not bit for bit: the 2024 tree's sub-quadratic attention picks its query
+    # chunk from the free memory, so two runs in one process can round differently
+    # (seen when other tests ran before this one).
+    for got, want in zip((identity_latent, text_latent), clean):
+        assert float((got - want).abs().max() / want.abs().max()) < 1e-5
 
 
 def test_keys_values_follow_the_device_and_dtype_of_the_call(tiny_unet):
@@ -90,7 +95,9 @@ def test_patched_model_adds_no_model_to_the_memory_manager(tiny_unet):
     if hasattr(model, "model_patches_models"):  # current hosts load these with the U-Net
         assert model.model_patches_models() == []
     mm.load_models_gpu([model])
-    modules = [loaded.model.model for loaded in mm.current_loaded_models]
+    # Entries whose model an earlier test let go (current hosts hold models by weak
+    # reference until their next cleanup) are skipped: they belong to no one now.
+    modules = [loaded.model.model for loaded in mm.current_loaded_models if loaded.model is not None]
     assert model.model in modules
     assert not any(isinstance(module, type(adapter.kv)) for module in modules)
 

@@ -92,6 +92,10 @@ SOCKET_CASES: dict[str, list[tuple[str, Any]]] = {
                            ("None", lambda: None)],
     "FACEANALYSIS": [("a string", lambda: "antelopev2"), ("an object", object), ("None", lambda: None)],
     "CLIP_VISION": [("a string", lambda: "clip"), ("an object", object)],
+    "MASK": [("zeros", lambda: torch.zeros(1, 64, 64)), ("NaN", lambda: torch.full((1, 64, 64), float("nan"))),
+             ("0..255", lambda: torch.full((1, 64, 64), 255.0)), ("5-D", lambda: torch.ones(1, 1, 1, 8, 8)),
+             ("empty", lambda: torch.ones(1, 0, 8)), ("int64", lambda: torch.ones(1, 8, 8, dtype=torch.int64)),
+             ("batch 7", lambda: torch.ones(7, 64, 64)), ("a string", lambda: "mask.png"), ("None", lambda: None)],
 }
 GENERIC_SOCKET_CASES = [("a string", lambda: "x"), ("None", lambda: None)]
 
@@ -132,6 +136,7 @@ def base_graph(salt: int) -> dict:
         "fa": {"class_type": "InfiniteIDDemoFaceAnalysis", "inputs": {}},
         "cv": {"class_type": "InfiniteIDDemoCLIPVision", "inputs": {}},
         "img": fuzz_sources.source("IMAGE", _FACE),
+        "mask": fuzz_sources.source("MASK", torch.ones(1, 64, 64)),
         "apply": {"class_type": "InfiniteIDApply", "inputs": {
             "model": ["ckpt", 0], "adapter": ["adapter", 0], "identity": ["identity", 0], "weight": 1.0,
             "attention_mode": "mixed", "cross_attention_merge": True, "adain": "off", "start_percent": 0.0,
@@ -141,7 +146,9 @@ def base_graph(salt: int) -> dict:
 
 GOOD_LINKS = {"MODEL": ["ckpt", 0], "CONDITIONING": ["pos", 0], "LATENT": ["latent", 0],
               "INFINITEID_ADAPTER": ["adapter", 0], "INFINITEID_IDENTITY": ["identity", 0], "FACEANALYSIS": ["fa", 0],
-              "CLIP_VISION": ["cv", 0], "IMAGE": ["img", 0]}
+              "CLIP_VISION": ["cv", 0], "IMAGE": ["img", 0], "MASK": ["mask", 0]}
+# Optional sockets left unconnected in the good prompt (connected, they would make it invalid).
+LEFT_OPEN = {("InfiniteIDRegions", "regions")}
 # Good widget values where the default would be slow or meaningless here.
 GOOD_VALUES = {("InfiniteIDSampler", "steps"): 1, ("InfiniteIDFaceSimilarity", "backbone"): "arcface",
                ("InfiniteIDClipScore", "prompt"): "a photo of a person", ("InfiniteIDSaveIdentity", "name"): "fuzz"}
@@ -158,6 +165,8 @@ def target_prompt(node_type: str, salt: int) -> tuple[dict, list[tuple[str, tupl
     for name, spec in declared:
         kind = _kind(spec)
         options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        if (node_type, name) in LEFT_OPEN:
+            continue
         if (node_type, name) in GOOD_VALUES:
             inputs[name] = GOOD_VALUES[(node_type, name)]
         elif kind == "COMBO":
