@@ -1,7 +1,8 @@
 """``eval``: the paper's benchmark for your settings (docs/EVALUATION.md).
 
 Generates one image per (configuration, identity, prompt) -- in this process or on
-ComfyUI servers -- skipping pairs already made, then scores every image (M_FaceNet or
+ComfyUI servers, up to ``--batch`` identities of one prompt per sampling call -- skipping
+pairs already made, then scores every image (M_FaceNet or
 ArcFace, CLIP-I, CLIP-T, optional FID/LPIPS on face crops) and writes the reports.
 ``--images`` scores a folder made elsewhere instead of generating.
 """
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKFLOW = PACK_ROOT / "workflows" / "api" / "raw_photo.json"
+# Identities per sampling call: 4 identity rows + 1 shared text row per guidance side, a
+# moderate SDXL batch. A batch that runs out of memory is split in halves and the run goes
+# on with the smaller size, so a larger value costs one failed try on a smaller GPU.
+DEFAULT_BATCH = 4
 
 
 def add_parser(commands: Any) -> None:
@@ -35,10 +40,15 @@ def add_parser(commands: Any) -> None:
                         "'mutual:InfiniteIDApply.attention_mode=mutual'")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override an input in every configuration (as in 'run')")
-    p.add_argument("--seed", type=int, default=42, help="sampler seed of every pair")
+    p.add_argument("--seed", type=int, default=42,
+                   help="sampler seed of every pair (all identities of a prompt share it: a controlled comparison)")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
+                   help=f"identities of one prompt per sampling call (default {DEFAULT_BATCH}; 1: one pair per call). "
+                        f"Same images as one at a time")
     p.add_argument("--server", action="append", default=[], metavar="URL",
                    help="generate on this ComfyUI server (repeat to spread pairs over several)")
-    p.add_argument("--job-timeout", type=float, default=900.0, help="seconds one pair may take on a server")
+    p.add_argument("--job-timeout", type=float, default=900.0,
+                   help="seconds one pair may take on a server (a batch of n: n times as long)")
     p.add_argument("--images", type=Path, default=None,
                    help="score existing images laid out as DIR/<config>/<identity>/<NN>.png (no generation)")
     p.add_argument("--output", type=Path, default=Path("output") / "eval", help="report folder (also the resume state)")
@@ -139,6 +149,8 @@ def _generate(args, out: Path, identities, prompts, scratch: Path) -> list[str] 
     from ..evaluation.workflow import PairWorkflow
     from .run import use_demo_models
 
+    if args.batch < 1:
+        raise ValueError(f"--batch: must be at least 1 (1 makes one pair per sampling call), got {args.batch}")
     configs = plan.parse_configs(args.workflow, args.variant, DEFAULT_WORKFLOW)
     workflows = {}
     for config in configs:
@@ -160,7 +172,8 @@ def _generate(args, out: Path, identities, prompts, scratch: Path) -> list[str] 
     log.info("%d pairs (%d configurations x %d identities x %d prompts); %d already made, %d to generate",
              len(all_pairs), len(configs), len(identities), len(prompts), len(all_pairs) - len(todo), len(jobs))
     if jobs and args.server:
-        outcome = generate.generate_remote(jobs, workflows, out, args.server, job_timeout=args.job_timeout)
+        outcome = generate.generate_remote(jobs, workflows, out, args.server, job_timeout=args.job_timeout,
+                                           batch=args.batch)
         for url in outcome.dead:
             log.warning("server %s stopped answering; its pairs went to the others", url)
         if outcome.error or outcome.left:
@@ -175,7 +188,7 @@ def _generate(args, out: Path, identities, prompts, scratch: Path) -> list[str] 
         if args.demo:
             folder_paths.set_input_directory(str(scratch))
         try:
-            generate.generate_local(jobs, workflows, out,
+            generate.generate_local(jobs, workflows, out, batch=args.batch,
                                     progress=lambda n, total: log.info("generated %d/%d", n, total))
         finally:
             folder_paths.set_input_directory(saved_input)

@@ -2,11 +2,14 @@
 
 Why: 720 images per configuration is a job for several GPUs. Each server gets one
 worker thread; workers take pairs from one shared queue, so a fast server simply does
-more. A server that stops answering (connection refused/reset, or no answer within the
-HTTP timeout) is dropped and the pair it held goes back to the queue for the others:
-a pair's image is written only once it is fetched, atomically, so nothing is lost and
-nothing is delivered twice. A prompt the server *refuses or fails* is not a dead server:
-it stops the run with the server's message (the same workflow would fail everywhere).
+more. A task is one API prompt: one pair, or several identities of one prompt (a batch,
+``evaluation/generate.py``). A server that stops answering (connection refused/reset, or
+no answer within the HTTP timeout) is dropped and the task it held goes back to the
+queue for the others: a task's images are written only once all are fetched, each
+atomically, so nothing is lost and nothing is delivered twice. A prompt the server
+*refuses or fails* is not a dead server: it stops the run with the server's message (the
+same workflow would fail everywhere); only a batch that ran out of memory is split in
+halves and queued again.
 
 Endpoints (present in every ComfyUI since 2023): ``POST /upload/image`` (the identity
 photo, into the server's input folder), ``POST /prompt``, ``GET /history/<id>``,
@@ -110,13 +113,19 @@ class Client:
         raise ServerDown(f"{self.url} did not finish prompt {prompt_id} within {timeout:.0f}s")
 
     def image(self, entry: dict, node_id: str) -> bytes:
+        return self.images(entry, node_id)[0]
+
+    def images(self, entry: dict, node_id: str) -> list[bytes]:
+        """Every image the SaveImage node saved, in batch order (all fetched before any is used)."""
         images = entry.get("outputs", {}).get(node_id, {}).get("images", [])
         if not images:
             raise PromptFailed(f"{self.url}: the prompt finished without an image from SaveImage node {node_id}")
-        info = images[0]
-        query = urllib.parse.urlencode({"filename": info["filename"], "subfolder": info.get("subfolder", ""),
-                                        "type": info.get("type", "output")})
-        return self._request(f"/view?{query}")
+        found = []
+        for info in images:
+            query = urllib.parse.urlencode({"filename": info["filename"], "subfolder": info.get("subfolder", ""),
+                                            "type": info.get("type", "output")})
+            found.append(self._request(f"/view?{query}"))
+        return found
 
 
 def _explain(body: str) -> str:
@@ -138,18 +147,31 @@ def _explain(body: str) -> str:
     return "; ".join(line for line in lines if line) or body[:500]
 
 
+def out_of_memory(message: str, details: object = None) -> bool:
+    """Whether a failed prompt ran out of (GPU) memory: then a smaller batch may fit."""
+    text = f"{message} {details.get('exception_type', '') if isinstance(details, dict) else ''}".lower()
+    return "out of memory" in text or "outofmemory" in text or "allocation on device" in text
+
+
 @dataclass
 class Task:
-    """One pair to make: ``build(client)`` gives (prompt, SaveImage node id); ``deliver`` stores the bytes."""
+    """One API prompt to run: ``build(client)`` gives (prompt, SaveImage node id); ``deliver`` stores the
+    images it saved (in batch order). ``pairs`` are the pair keys it makes (``[key]`` when not given);
+    ``split`` gives smaller tasks for the same pairs when it ran out of memory (none: it cannot)."""
 
     key: str
     build: Callable[[Client], tuple[dict, str]]
-    deliver: Callable[[bytes, str], None]
+    deliver: Callable[[list[bytes], str], None]
+    pairs: list[str] = field(default_factory=list)
+    split: Callable[[], list["Task"]] | None = None
+
+    def __post_init__(self) -> None:
+        self.pairs = self.pairs or [self.key]
 
 
 @dataclass
 class Outcome:
-    done: dict[str, str] = field(default_factory=dict)  # key -> server URL
+    done: dict[str, str] = field(default_factory=dict)  # pair key -> server URL
     dead: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
     error: str = ""
@@ -157,7 +179,10 @@ class Outcome:
 
 def run_on_servers(tasks: Sequence[Task], clients: Sequence[Client], job_timeout: float = 900.0,
                    on_submit: Callable[[Task, Client], None] | None = None) -> Outcome:
-    """Spread ``tasks`` over ``clients`` until all are done, all servers are dead, or a prompt fails."""
+    """Spread ``tasks`` over ``clients`` until all are done, all servers are dead, or a prompt fails.
+
+    ``job_timeout`` is per pair: a task of n pairs may take n times as long.
+    """
     queue = list(tasks)
     outcome = Outcome()
     in_flight = 0
@@ -178,10 +203,11 @@ def run_on_servers(tasks: Sequence[Task], clients: Sequence[Client], job_timeout
                 prompt_id = client.submit(prompt)
                 if on_submit is not None:
                     on_submit(task, client)
-                data = client.image(client.wait(prompt_id, job_timeout), save_node)
-                task.deliver(data, client.url)
+                images = client.images(client.wait(prompt_id, job_timeout * len(task.pairs)), save_node)
+                task.deliver(images, client.url)
             except ServerDown as exc:
-                log.warning("%s; its pair %s goes to the other servers", exc, task.key)
+                log.warning("%s; its %s %s goes to the other servers", exc,
+                            "pair" if len(task.pairs) == 1 else "pairs", task.key)
                 with lock:
                     queue.insert(0, task)
                     in_flight -= 1
@@ -189,14 +215,22 @@ def run_on_servers(tasks: Sequence[Task], clients: Sequence[Client], job_timeout
                     lock.notify_all()
                 return
             except Exception as exc:  # noqa: BLE001 - a failed prompt stops the run with its message
+                smaller = (task.split() if isinstance(exc, PromptFailed) and task.split is not None
+                           and out_of_memory(str(exc)) else [])
                 with lock:
-                    outcome.error = outcome.error or f"pair {task.key}: {exc}"
-                    queue.insert(0, task)
                     in_flight -= 1
                     lock.notify_all()
+                    if smaller:  # a batch too big for this GPU: the same pairs in halves
+                        log.warning("%s ran out of memory for %s; trying %d smaller batches", client.url, task.key,
+                                    len(smaller))
+                        queue[:0] = smaller
+                        continue
+                    what = "pair" if len(task.pairs) == 1 else "pairs"
+                    outcome.error = outcome.error or f"{what} {task.key}: {exc}"
+                    queue.insert(0, task)
                 return
             with lock:
-                outcome.done[task.key] = client.url
+                outcome.done.update({key: client.url for key in task.pairs})
                 in_flight -= 1
                 lock.notify_all()
 
@@ -205,5 +239,5 @@ def run_on_servers(tasks: Sequence[Task], clients: Sequence[Client], job_timeout
         t.start()
     for t in threads:
         t.join()
-    outcome.left = [t.key for t in queue]
+    outcome.left = [key for t in queue for key in t.pairs]
     return outcome

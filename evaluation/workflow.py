@@ -6,6 +6,7 @@ Why by role and not by node id: users compare their own workflows. The reference
 feeding the sampler's ``positive`` input, the seed every sampler's ``seed``/``noise_seed``,
 and the image kept is the ``SaveImage`` titled "...identity..." (or the only one); other
 ``SaveImage`` nodes are dropped so the text-stream image is not computed twice as output.
+Several identities of one prompt can share one API prompt (``evaluation/batching.py``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import copy
 from pathlib import Path
 
 from ..workflow_io.files import apply_overrides, load_workflow
+from .batching import IdentityPath, add_identity_rows, identity_path
 from .plan import Config
 
 REFERENCE_TITLE = "reference photo"
@@ -65,13 +67,31 @@ class PairWorkflow:
                       if key in node.get("inputs", {}) and not isinstance(node["inputs"][key], list)]
         self.base = prompt
 
-    def build(self, reference_name: str, text: str, seed: int, tag: str) -> dict:
-        """The API prompt for one pair; ``tag`` makes its saved file name unique."""
+    def batching(self) -> IdentityPath | str:
+        """The identity path copied per identity, or why this workflow makes one pair per call.
+
+        Read from ``base`` when asked: the demo swaps loaders in ``base`` after loading.
+        """
+        return identity_path(self.base, self.reference)
+
+    def build(self, reference_name: str | list[str], text: str, seed: int, tag: str) -> dict:
+        """The API prompt for one pair, or for several identities (a list of photos) of one prompt.
+
+        ``tag`` makes the saved file names unique. With several photos the SaveImage gets
+        one image per photo, in the photos' order; the workflow must be batchable
+        (:meth:`batching`).
+        """
+        photos = [reference_name] if isinstance(reference_name, str) else list(reference_name)
         prompt = copy.deepcopy(self.base)
-        prompt[self.reference]["inputs"]["image"] = reference_name
+        prompt[self.reference]["inputs"]["image"] = photos[0]
         for nid in self.texts:
             prompt[nid]["inputs"]["text"] = text
         for nid, key in self.seeds:
             prompt[nid]["inputs"][key] = int(seed)
         prompt[self.save]["inputs"]["filename_prefix"] = f"{PREFIX}/{tag}"
+        if len(photos) > 1:
+            path = identity_path(prompt, self.reference)
+            if isinstance(path, str):
+                raise ValueError(f"{self.config.workflow}: cannot batch identities: {path}")
+            add_identity_rows(prompt, path, self.reference, photos)
         return prompt

@@ -1,11 +1,13 @@
-"""``InfiniteIDMix`` and ``InfiniteIDInterpolate`` (docs/IDENTITY.md).
+"""``InfiniteIDMix``, ``InfiniteIDInterpolate`` and ``InfiniteIDIdentityBatch`` (docs/IDENTITY.md).
 
-Both act on the identity tokens; ``identity/mixing.py`` says why and how weights act.
+Mix and Interpolate act on the identity tokens (``identity/mixing.py`` says why and how
+weights act); Identity Batch joins people as rows (``identity/batch.py``).
 """
 from __future__ import annotations
 
 import logging
 
+from ..identity.batch import batch
 from ..identity.mixing import interpolate, mix, parse_weights, sweep_values
 from .errors import node_error
 from .inputs import checked_inputs
@@ -14,7 +16,9 @@ log = logging.getLogger(__name__)
 
 MIX = "InfiniteIDMix"
 INTERPOLATE = "InfiniteIDInterpolate"
+BATCH = "InfiniteIDIdentityBatch"
 MAX_MIX = 8
+MAX_BATCH = 8
 
 
 class InfiniteIDMix:
@@ -80,5 +84,38 @@ class InfiniteIDInterpolate:
             return (interpolate(identity_a, identity_b, t),)
 
 
-NODE_CLASS_MAPPINGS = {MIX: InfiniteIDMix, INTERPOLATE: InfiniteIDInterpolate}
-NODE_DISPLAY_NAME_MAPPINGS = {MIX: "InfiniteID Mix", INTERPOLATE: "InfiniteID Interpolate"}
+class InfiniteIDIdentityBatch:
+    DESCRIPTION = ("Several people as one identity batch: row i is identity_i. Sample it with a latent batch of 1 "
+                   "(expanded) or of as many rows: with batch_noise 'auto' every row equals sampling that person "
+                   "alone with the same seed. A connected batch adds all its rows, so batches chain like Image Batch.")
+    CATEGORY = "InfiniteID"
+    RETURN_TYPES = ("INFINITEID_IDENTITY",)
+    RETURN_NAMES = ("identity",)
+    FUNCTION = "batch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        sockets = {f"identity_{i}": ("INFINITEID_IDENTITY", {"tooltip": f"Optional row(s) {i}: another person."})
+                   for i in range(3, MAX_BATCH + 1)}
+        return {
+            "required": {
+                "identity_1": ("INFINITEID_IDENTITY", {"tooltip": "First row(s): a person (from InfiniteID Encode "
+                                                                  "or Load Identity), or a batch."}),
+                "identity_2": ("INFINITEID_IDENTITY", {"tooltip": "Next row(s): same adapter and token shape as "
+                                                                  "identity_1."}),
+            },
+            "optional": sockets,
+        }
+
+    @checked_inputs(BATCH)
+    def batch(self, identity_1, identity_2, **more):
+        with node_error(BATCH):
+            named = [("identity_1", identity_1), ("identity_2", identity_2)]
+            named += [(f"identity_{i}", more[f"identity_{i}"]) for i in range(3, MAX_BATCH + 1)
+                      if more.get(f"identity_{i}") is not None]
+            return (batch([identity for _, identity in named], [name for name, _ in named]),)
+
+
+NODE_CLASS_MAPPINGS = {MIX: InfiniteIDMix, INTERPOLATE: InfiniteIDInterpolate, BATCH: InfiniteIDIdentityBatch}
+NODE_DISPLAY_NAME_MAPPINGS = {MIX: "InfiniteID Mix", INTERPOLATE: "InfiniteID Interpolate",
+                              BATCH: "InfiniteID Identity Batch"}

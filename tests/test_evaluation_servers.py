@@ -2,9 +2,10 @@
 
 Both servers are the active host's ``main.py`` with this pack installed
 (tests/comfy_server.py) plus a test-only custom node folder, written into each server's
-temporary base directory, that registers the pack's tiny demo loaders. Server A is
-killed (SIGKILL) right after it accepted its second pair: that pair and every later one
-must be made by server B, each pair exactly once.
+temporary base directory, that registers the pack's tiny demo loaders. The run batches
+identities (``--batch 2``, three identities: per prompt one call of two and one of one).
+Server A is killed (SIGKILL) right after it accepted its second call: that call's pairs
+and every later one must be made by server B, each pair exactly once.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from PIL import Image
 
 from comfy_server import comfy_server
 from infinite_id.cli import evaluate as eval_cli
+from infinite_id.cli.run import demo_photo
 from infinite_id.evaluation import generate
-from infinite_id.evaluation.plan import load_prompts
+from infinite_id.evaluation.plan import load_prompts, safe_name
 from eval_helpers import eval_folders, models_dir  # noqa: F401
 
 # Delegates to the pack's own demo classes, looked up when the server first asks (the
@@ -87,61 +89,71 @@ def _history(url: str) -> dict:
         return json.loads(resp.read())
 
 
-def _made_pairs(history: dict) -> list[str]:
-    """The pairs a server executed, read from the SaveImage prefix of each prompt it ran."""
-    made = []
+def _made_calls(history: dict) -> dict[str, int]:
+    """The calls a server executed (the SaveImage prefix of each prompt it ran) and their identities."""
+    made = {}
     for entry in history.values():
         prompt = entry["prompt"][2]
+        rows = sum(node["class_type"] == "InfiniteIDEncode" for node in prompt.values())
         for node in prompt.values():
             if node["class_type"] == "SaveImage":
-                made.append(node["inputs"]["filename_prefix"].split("/", 1)[1])
+                made[node["inputs"]["filename_prefix"].split("/", 1)[1]] = rows
     return made
 
 
-def test_pairs_spread_over_two_servers_and_survive_one_dying(servers, tmp_path, eval_folders, monkeypatch, caplog):
+def test_batches_spread_over_two_servers_and_survive_one_dying(servers, tmp_path, eval_folders, monkeypatch,
+                                                               caplog):
     (url_a, url_b), processes = servers
-    killed: dict[str, str] = {}
-    submitted: dict[str, list[str]] = {url_a: [], url_b: []}
+    killed: dict[str, list[str]] = {}
+    submitted: dict[str, list] = {url_a: [], url_b: []}
     original = generate.run_on_servers
 
     def kill_a_after_its_second_submit(task, client):
-        submitted[client.url].append(task.key)
+        submitted[client.url].append(task)
         if client.url == url_a and len(submitted[url_a]) == 2:
             processes[0].kill()
             processes[0].wait(30)
-            killed["pair"] = task.key
+            killed["pairs"] = task.pairs
 
     monkeypatch.setattr(generate, "run_on_servers",
                         lambda tasks, clients, job_timeout, on_submit=None: original(tasks, clients, job_timeout,
                                                                      on_submit=kill_a_after_its_second_submit))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(load_prompts()[:4]) + "\n")  # the default list's first four
+    people = ("demo_a", "demo_b", "demo_c")
+    (tmp_path / "ids").mkdir()
+    for name in people:
+        Image.fromarray(demo_photo(name)).save(tmp_path / "ids" / f"{name}.png")
     parser = argparse.ArgumentParser()
     eval_cli.add_parser(parser.add_subparsers())
     out = tmp_path / "out"
-    args = parser.parse_args(["eval", "--demo", "--prompts", str(prompts), "--server", url_a, "--server", url_b,
-                              "--job-timeout", "120", "--backbone", "arcface", "--output", str(out), *FAST])
+    args = parser.parse_args(["eval", "--demo", "--identities", str(tmp_path / "ids"), "--prompts", str(prompts),
+                              "--server", url_a, "--server", url_b, "--batch", "2", "--job-timeout", "120",
+                              "--backbone", "arcface", "--output", str(out), *FAST])
     with caplog.at_level(logging.WARNING):
         assert eval_cli.evaluate_command(args) == 0
-    assert "pair" in killed, "server A never took a second pair"
+    assert "pairs" in killed, "server A never took a second call"
     assert f"server {url_a} stopped answering" in caplog.text
 
-    pairs = [f"raw_photo/{i}/{p:02d}" for i in ("demo_a", "demo_b") for p in range(4)]
+    pairs = [f"raw_photo/{i}/{p:02d}" for i in people for p in range(4)]
     made = sorted(p.relative_to(out / "images").as_posix()[:-4] for p in (out / "images").rglob("*.png"))
     assert made == pairs  # nothing lost
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(m["pair"] for m in manifest) == pairs  # each delivered once
     by = {m["pair"]: m["made_by"] for m in manifest}
-    assert [p for p, u in by.items() if u == url_a] == submitted[url_a][:1]
-    assert by[killed["pair"]] == url_b  # the pair in flight on A was made by B
-    on_b = _made_pairs(_history(url_b))
-    tags = {p: p.replace("/", "__") for p in pairs}
-    assert sorted(on_b) == sorted(tags[p] for p, u in by.items() if u == url_b)  # B ran each of its pairs once
-    assert tags[submitted[url_a][0]] not in on_b  # and none that A had finished
+    first_on_a = submitted[url_a][0]
+    assert sorted(p for p, u in by.items() if u == url_a) == sorted(first_on_a.pairs)
+    assert all(by[p] == url_b for p in killed["pairs"])  # the call in flight on A was made by B
+    tasks = {t.key: t for ts in submitted.values() for t in ts}
+    assert sorted(len(t.pairs) for t in tasks.values()) == [1] * 4 + [2] * 4  # per prompt: a + b, then c
+    on_b = _made_calls(_history(url_b))
+    tag = {key: safe_name(key.replace("/", "__")) for key in tasks}
+    expected = {tag[k]: len(t.pairs) for k, t in tasks.items() if k != first_on_a.key}
+    assert on_b == expected  # B ran each of its calls once, with its identities, and none that A had finished
     for path in (out / "images").rglob("*.png"):
         with Image.open(path) as im:
             assert im.size == (64, 64)
-    assert len(Path(out / "images.csv").read_text().splitlines()) == 9
+    assert len(Path(out / "images.csv").read_text().splitlines()) == 13
 
 
 def test_prompt_refused_by_a_server_stops_with_its_message(servers, tmp_path, eval_folders, caplog):

@@ -113,6 +113,10 @@ def test_regional_identities_are_not_mixed(runner):
     with pytest.raises(PromptError, match=r"InfiniteIDMix: identity_1: a regional identity \(InfiniteID Regions\) "
                                           r"cannot be mixed"):
         runner.run(prompt)
+    prompt["mix"] = {"class_type": "InfiniteIDIdentityBatch", "inputs": {"identity_1": ["b", 0], "identity_2": ["a", 0]}}
+    with pytest.raises(PromptError, match=r"InfiniteIDIdentityBatch: identity_2: a regional identity \(InfiniteID "
+                                          r"Regions\) cannot be batched"):
+        runner.run(prompt)
 
 
 def test_feather_softens_edges_only(runner):
