@@ -14,27 +14,13 @@ their rows, in order: that is what lets batches be chained like core's ImageBatc
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from .types import Identity, check_identity
+from .types import Identity, check_identity, recorded
 
 log = logging.getLogger(__name__)
-
-
-def recorded(info: Any, key: str) -> set[str]:
-    """Every non-empty string value of ``key`` in ``info``; mixes, blends and batches nest their parts' info."""
-    found: set[str] = set()
-    if isinstance(info, dict):
-        if isinstance(info.get(key), str) and info[key]:
-            found.add(info[key])
-        for value in info.values():
-            found |= recorded(value, key)
-    elif isinstance(info, list):
-        for value in info:
-            found |= recorded(value, key)
-    return found
 
 
 def _check_same_kind(identities: Sequence[Identity], names: Sequence[str]) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .types import Identity
+from .types import Identity, recorded
 
 MAX_REGIONS = 4
 """Four people. Each region adds one image attention over its few tokens per patched
@@ -88,9 +88,7 @@ def feather(mask: torch.Tensor, pixels: int) -> torch.Tensor:
 
 
 def _adapters(identity: Identity) -> tuple[set[str], set[str]]:
-    from ..model_patch.install import _recorded
-
-    return _recorded(identity.info, "adapter_format") - {"demo"}, _recorded(identity.info, "adapter")
+    return recorded(identity.info, "adapter_format") - {"demo"}, recorded(identity.info, "adapter")
 
 
 def _check_same_adapter(named: Sequence[tuple[str, Identity]]) -> None:

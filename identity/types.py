@@ -46,6 +46,20 @@ def regions_problem(identity: "Identity") -> str | None:
     return None
 
 
+def recorded(info: Any, key: str) -> set[str]:
+    """Every non-empty string value of ``key`` in ``info``; mixes, blends and batches nest their parts' info."""
+    found: set[str] = set()
+    if isinstance(info, dict):
+        if isinstance(info.get(key), str) and info[key]:
+            found.add(info[key])
+        for value in info.values():
+            found |= recorded(value, key)
+    elif isinstance(info, list):
+        for value in info:
+            found |= recorded(value, key)
+    return found
+
+
 @dataclass
 class Identity:
     """Mapped identity tokens for both sides of classifier-free guidance.
@@ -88,7 +102,7 @@ def check_identity(identity: Any, input_name: str) -> Identity:
     """
     if not isinstance(identity, Identity):
         raise ValueError(f"{input_name}: expected an INFINITEID_IDENTITY (from InfiniteID Encode, Load Identity, "
-                         f"Mix or Interpolate), got {type(identity).__name__}")
+                         f"Mix, Interpolate, Identity Batch or Regions), got {type(identity).__name__}")
     for side in ("cond", "uncond"):
         tokens = getattr(identity, side)
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:

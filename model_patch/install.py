@@ -17,7 +17,7 @@ from typing import Any
 
 from ..adapter.model import Adapter
 from ..host import compat
-from ..identity.types import Identity
+from ..identity.types import Identity, recorded
 from ..unet.layers import SDXL_LAYERS, LayerKey
 from ..unet.walk import cross_attention_widths
 from .replacements import CrossAttention, SelfAttention
@@ -130,20 +130,6 @@ def check_before_sampling(model: Any, node: str) -> DualStreamPatch:
     return patch
 
 
-def _recorded(info: Any, key: str) -> set[str]:
-    """Every value of ``key`` in an identity's info (mixes and blends nest their parts' info)."""
-    found: set[str] = set()
-    if isinstance(info, dict):
-        if isinstance(info.get(key), str) and info[key]:
-            found.add(info[key])
-        for value in info.values():
-            found |= _recorded(value, key)
-    elif isinstance(info, list):
-        for value in info:
-            found |= _recorded(value, key)
-    return found
-
-
 def check_identity_adapter(identity: Identity, adapter: Adapter) -> None:
     """An identity's tokens only mean something to the adapter whose mappers made them.
 
@@ -151,15 +137,15 @@ def check_identity_adapter(identity: Identity, adapter: Adapter) -> None:
     renamed copy of the same file, or a later checkpoint of the same training run, is a
     legitimate use that names cannot tell from a wrong one.
     """
-    formats = _recorded(identity.info, "adapter_format") - {"demo"}
+    formats = recorded(identity.info, "adapter_format") - {"demo"}
     own_format = adapter.info.get("format", "")
     if formats and own_format and own_format != "demo" and own_format not in formats:
         raise ValueError(
             f"identity: it was encoded with a {'/'.join(sorted(formats))} adapter "
-            f"('{', '.join(sorted(_recorded(identity.info, 'adapter')))}') but the adapter connected here, "
+            f"('{', '.join(sorted(recorded(identity.info, 'adapter')))}') but the adapter connected here, "
             f"'{adapter.name}', is {own_format}: re-encode the identity with this adapter (InfiniteID Encode), or "
             "connect the adapter it was encoded with")
-    names = _recorded(identity.info, "adapter")
+    names = recorded(identity.info, "adapter")
     if names and adapter.name not in names:
         log.warning("InfiniteIDApply: the identity was encoded with adapter '%s' and is applied with '%s'; if these "
                     "are not the same weights, re-encode the identity with '%s'",
