@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 from typing import Any, Callable
 
 import torch
@@ -40,9 +41,6 @@ CORE_EXTRAS = {"nodes_mask.py": "SolidMask"}
 
 def load_core_extras() -> None:
     """Load ``CORE_EXTRAS`` from the host's ``comfy_extras`` with its own loader, once."""
-    import inspect
-    import os
-
     import nodes
 
     folder = os.path.join(os.path.dirname(os.path.realpath(nodes.__file__)), "comfy_extras")

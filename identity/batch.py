@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from .types import Identity, check_identity, recorded
+from .types import Identity, check_identity, recorded_adapters
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,7 @@ def _check_same_kind(identities: Sequence[Identity], names: Sequence[str]) -> No
     """Same token shape and same adapter as the first part, or a message naming the input that differs."""
     first, first_name = identities[0], names[0]
     shape = tuple(first.cond.shape[1:])
-    formats = recorded(first.info, "adapter_format") - {"demo"}
-    adapters = recorded(first.info, "adapter")
+    formats, adapters = recorded_adapters(first)
     for identity, name in zip(identities[1:], names[1:]):
         other = tuple(identity.cond.shape[1:])
         if other != shape:
@@ -36,13 +35,12 @@ def _check_same_kind(identities: Sequence[Identity], names: Sequence[str]) -> No
                 f"{name}: its tokens are {other[0]} x {other[1]} but {first_name}'s are {shape[0]} x {shape[1]}; "
                 f"the rows of one batch must have the same token shape: batch single identities encoded with "
                 f"the same adapter (a mix of k people has k times the tokens: batch mixes of as many people)")
-        their_formats = recorded(identity.info, "adapter_format") - {"demo"}
+        their_formats, their_adapters = recorded_adapters(identity)
         if formats and their_formats and formats != their_formats:
             raise ValueError(
                 f"{name}: it was encoded with a {'/'.join(sorted(their_formats))} adapter but {first_name} with a "
                 f"{'/'.join(sorted(formats))} adapter; one Apply node uses one adapter, so re-encode both with "
                 f"the adapter you apply")
-        their_adapters = recorded(identity.info, "adapter")
         if adapters and their_adapters and adapters != their_adapters:
             raise ValueError(
                 f"{name}: it was encoded with adapter '{', '.join(sorted(their_adapters))}' but {first_name} with "

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .types import Identity, recorded
+from .types import Identity, recorded_adapters
 
 MAX_REGIONS = 4
 """Four people. Each region adds one image attention over its few tokens per patched
@@ -87,20 +87,16 @@ def feather(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return gaussian_blur(mask.unsqueeze(1), [size, size], [sigma, sigma])[:, 0].clamp(0.0, 1.0).contiguous()
 
 
-def _adapters(identity: Identity) -> tuple[set[str], set[str]]:
-    return recorded(identity.info, "adapter_format") - {"demo"}, recorded(identity.info, "adapter")
-
-
 def _check_same_adapter(named: Sequence[tuple[str, Identity]]) -> None:
     first_name, first = named[0]
     dim = first.cond.shape[-1]
-    formats, names = _adapters(first)
+    formats, names = recorded_adapters(first)
     for name, identity in named[1:]:
         if identity.cond.shape[-1] != dim:
             raise ValueError(f"{name}: its tokens are {identity.cond.shape[-1]}-d but {first_name}'s are {dim}-d: "
                              "the people were encoded with different adapters; encode all of them with the adapter "
                              "you apply")
-        other_formats, other_names = _adapters(identity)
+        other_formats, other_names = recorded_adapters(identity)
         if formats and other_formats and formats != other_formats or names and other_names and names != other_names:
             raise ValueError(f"{name}: encoded with adapter '{', '.join(sorted(other_names | other_formats))}' but "
                              f"{first_name} with '{', '.join(sorted(names | formats))}'; one InfiniteIDApply uses one "
@@ -125,29 +121,49 @@ def _mask_batch(masks: Sequence[tuple[str, torch.Tensor]]) -> int:
     return batches.pop() if batches else 1
 
 
-def regional_identity(people: Sequence[tuple[str, Identity, torch.Tensor, float]],
-                      base: Identity | None = None) -> Identity:
+@dataclass(frozen=True)
+class _Person:
+    label: str      # how messages name this person (an input, or "regions (identity_1)")
+    name: str       # the input the person was connected to, kept in the Region
+    identity: Identity
+    mask: torch.Tensor
+    weight: float
+
+
+def _earlier_people(base: Identity) -> list[_Person]:
+    """The people of a regional identity, as they were given (masks already checked and feathered)."""
+    if not base.regions:
+        raise ValueError("regions: this identity has no regions; connect people to identity_1..4 instead")
+    infos = base.info.get("regions") or [{}] * len(base.regions)
+    return [_Person(label=f"regions ({region.name or 'an earlier person'})", name=region.name,
+                    identity=Identity(cond=base.cond[:, region.tokens], uncond=base.uncond[:, region.tokens],
+                                      info=part_info),
+                    mask=region.mask, weight=region.weight)
+            for region, part_info in zip(base.regions, infos)]
+
+
+def regional_identity(people: Sequence[tuple[str, Identity, torch.Tensor, float]], base: Identity | None = None,
+                      feather_pixels: int = 0, allow_empty: bool = True) -> Identity:
     """One identity from ``(input name, identity, mask, weight)`` per person.
 
-    ``base``: a regional identity to add these people to (its regions come first).
-    Masks are checked (``check_mask``); an all-zero mask is allowed here (it gives that
-    person weight 0) and refused by the node, where it is always a wiring mistake.
+    ``base``: a regional identity to add these people to (its regions come first, as
+    they are). The new masks are checked (``check_mask``) and feathered by
+    ``feather_pixels``. An all-zero mask gives that person weight 0; the node passes
+    ``allow_empty=False``, because there it is always a wiring mistake.
     """
-    named: list[tuple[str, Identity, torch.Tensor, float]] = []
-    if base is not None:
-        if not base.regions:
-            raise ValueError("regions: this identity has no regions; connect people to identity_1..4 instead")
-        infos = base.info.get("regions") or [{}] * len(base.regions)
-        for region, part_info in zip(base.regions, infos):
-            part = Identity(cond=base.cond[:, region.tokens], uncond=base.uncond[:, region.tokens], info=part_info)
-            named.append((f"regions ({region.name or 'an earlier person'})", part, region.mask, region.weight))
+    named = _earlier_people(base) if base is not None else []
     for name, identity, mask, weight in people:
+        mask_name = name.replace("identity", "mask")
         if identity.regions:
             raise ValueError(f"{name}: already a regional identity (InfiniteID Regions); connect it to the 'regions' "
                              "input to add people to it")
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise ValueError(f"{name.replace('identity', 'weight')}: must be a finite number, not {weight!r}")
-        named.append((name, identity, check_mask(mask, name.replace("identity", "mask")), float(weight)))
+        mask = check_mask(mask, mask_name)
+        if not allow_empty and not bool((mask > 0).any()):
+            raise ValueError(f"{mask_name}: the mask is zero everywhere, so {name} would not appear. {INVERTED_HINT}")
+        named.append(_Person(label=name, name=name, identity=identity, mask=feather(mask, feather_pixels),
+                             weight=float(weight)))
     if not named:
         raise ValueError("identity_1: connect at least one person")
     if len(named) > MAX_REGIONS:
@@ -155,18 +171,17 @@ def regional_identity(people: Sequence[tuple[str, Identity, torch.Tensor, float]
         raise ValueError(f"regions: {len(named)} people ({earlier} from the 'regions' input and {len(named) - earlier} "
                          f"connected here); a regional identity holds at most {MAX_REGIONS}. Mix people who share a "
                          "region with InfiniteID Mix first")
-    _check_same_adapter([(name, identity) for name, identity, _, _ in named])
-    rows = _rows([(name, identity) for name, identity, _, _ in named])
-    _mask_batch([(name.replace("identity", "mask"), mask) for name, _, mask, _ in named])
+    _check_same_adapter([(p.label, p.identity) for p in named])
+    rows = _rows([(p.label, p.identity) for p in named])
+    _mask_batch([(p.label.replace("identity", "mask"), p.mask) for p in named])
     conds, unconds, regions, start = [], [], [], 0
-    for name, identity, mask, weight in named:
-        count = identity.cond.shape[1]
-        conds.append(identity.cond.float().expand(rows, -1, -1))
-        unconds.append(identity.uncond.float().expand(rows, -1, -1))
-        label = name[len("regions ("):-1] if name.startswith("regions (") else name
-        regions.append(Region(tokens=slice(start, start + count), mask=mask, weight=weight, name=label))
+    for p in named:
+        count = p.identity.cond.shape[1]
+        conds.append(p.identity.cond.float().expand(rows, -1, -1))
+        unconds.append(p.identity.uncond.float().expand(rows, -1, -1))
+        regions.append(Region(tokens=slice(start, start + count), mask=p.mask, weight=p.weight, name=p.name))
         start += count
-    infos = [identity.info for _, identity, _, _ in named]
+    infos = [p.identity.info for p in named]
     info: dict[str, Any] = {"regions": infos, "people": len(named)}
     for key in ("adapter", "adapter_format"):
         values = {i.get(key) for i in infos if i.get(key)}
@@ -174,11 +189,6 @@ def regional_identity(people: Sequence[tuple[str, Identity, torch.Tensor, float]
             info[key] = values.pop()
     return Identity(cond=torch.cat(conds, dim=1), uncond=torch.cat(unconds, dim=1), info=info,
                     regions=tuple(regions))
-
-
-def empty_masks(identity: Identity) -> list[str]:
-    """Names of the regions whose mask is zero everywhere."""
-    return [region.name for region in identity.regions if not bool((region.mask > 0).any())]
 
 
 def mask_rows(identity: Identity) -> int:

@@ -60,6 +60,11 @@ def recorded(info: Any, key: str) -> set[str]:
     return found
 
 
+
+def recorded_adapters(identity: "Identity") -> tuple[set[str], set[str]]:
+    """The adapter formats (the demo's left out: it fits any) and file names an identity was made with."""
+    return recorded(identity.info, "adapter_format") - {"demo"}, recorded(identity.info, "adapter")
+
 @dataclass
 class Identity:
     """Mapped identity tokens for both sides of classifier-free guidance.

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..adapter.model import Adapter
 from ..host import compat
-from ..identity.types import Identity, recorded
+from ..identity.types import Identity, recorded_adapters
 from ..unet.layers import SDXL_LAYERS, LayerKey
 from ..unet.walk import cross_attention_widths
 from .replacements import CrossAttention, SelfAttention
@@ -137,15 +137,14 @@ def check_identity_adapter(identity: Identity, adapter: Adapter) -> None:
     renamed copy of the same file, or a later checkpoint of the same training run, is a
     legitimate use that names cannot tell from a wrong one.
     """
-    formats = recorded(identity.info, "adapter_format") - {"demo"}
+    formats, names = recorded_adapters(identity)
     own_format = adapter.info.get("format", "")
     if formats and own_format and own_format != "demo" and own_format not in formats:
         raise ValueError(
             f"identity: it was encoded with a {'/'.join(sorted(formats))} adapter "
-            f"('{', '.join(sorted(recorded(identity.info, 'adapter')))}') but the adapter connected here, "
+            f"('{', '.join(sorted(names))}') but the adapter connected here, "
             f"'{adapter.name}', is {own_format}: re-encode the identity with this adapter (InfiniteID Encode), or "
             "connect the adapter it was encoded with")
-    names = recorded(identity.info, "adapter")
     if names and adapter.name not in names:
         log.warning("InfiniteIDApply: the identity was encoded with adapter '%s' and is applied with '%s'; if these "
                     "are not the same weights, re-encode the identity with '%s'",

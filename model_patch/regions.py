@@ -58,14 +58,14 @@ def mask_on_grid(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 def region_weights(regions: Sequence, grid: tuple[int, int], weight: float, rows: int,
                    device: torch.device, dtype: torch.dtype) -> RegionWeights:
     """Normalised per-token strengths of every person on ``grid`` (see the module note)."""
+    batch = max(region.mask.shape[0] for region in regions)
+    if batch != 1 and batch != rows:
+        raise ValueError(f"the regions' masks have {batch} rows but the latent batch has {rows}")
     masks = [mask_on_grid(region.mask, grid) for region in regions]
-    batch = max(m.shape[0] for m in masks)
     stack = torch.stack([m.expand(batch, -1) for m in masks])  # [people, batch, tokens]
     stack = stack / stack.sum(dim=0, keepdim=True).clamp(min=1.0)
     strength = torch.tensor([float(region.weight) * weight for region in regions], dtype=stack.dtype)
     weights = (stack * strength.view(-1, 1, 1)).unsqueeze(-1)
-    if batch != 1 and batch != rows:
-        raise ValueError(f"the regions' masks have {batch} rows but the latent batch has {rows}")
     return RegionWeights(spans=tuple(region.tokens for region in regions),
                          weights=weights.to(device=device, dtype=dtype))
 

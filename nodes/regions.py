@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from ..identity.face_masks import face_masks
-from ..identity.regions import INVERTED_HINT, MAX_REGIONS, feather, regional_identity
+from ..identity.regions import MAX_REGIONS, regional_identity
 from ..identity.types import check_identity
 from .errors import node_error
 from .inputs import checked_inputs
@@ -70,28 +70,10 @@ class InfiniteIDRegions:
                 check_identity(identity, name)
             if regions is not None:
                 check_identity(regions, "regions")
-            result = regional_identity(people, base=regions)
-            if feather:
-                result = _feathered(result, feather, {name for name, *_ in people})
-            _refuse_empty(result, {name for name, *_ in people})
+            result = regional_identity(people, base=regions, feather_pixels=feather, allow_empty=False)
             log.info("%s: %d people; coverage %s", REGIONS, len(result.regions),
                      ", ".join(f"{r.name} {float(r.mask.mean()):.0%}" for r in result.regions))
             return (result,)
-
-
-def _feathered(identity, pixels: int, here: set[str]):
-    from dataclasses import replace
-
-    regions = tuple(replace(r, mask=feather(r.mask, pixels)) if r.name in here else r for r in identity.regions)
-    return replace(identity, regions=regions)
-
-
-def _refuse_empty(identity, here: set[str]) -> None:
-    for region in identity.regions:
-        if region.name in here and not bool((region.mask > 0).any()):
-            mask = region.name.replace("identity", "mask")
-            raise ValueError(f"{mask}: the mask is zero everywhere, so {region.name} would not appear. "
-                             f"{INVERTED_HINT}")
 
 
 class InfiniteIDFaceMasks:

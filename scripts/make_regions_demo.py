@@ -11,7 +11,6 @@ the maps are the mean over the half-resolution layers, cond side.
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import sys
 import tempfile
@@ -47,7 +46,6 @@ def run_once(sets: list[str], folder: Path):
     from infinite_id.workflow_io.files import apply_overrides, load_workflow
 
     prompt, _ = load_workflow(ROOT / "workflows" / "api" / "two_people.json")
-    prompt = copy.deepcopy(prompt)
     apply_overrides(prompt, sets)
     (folder / "in").mkdir(parents=True)
     folder_paths.set_input_directory(str(folder / "in"))

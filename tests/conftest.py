@@ -92,3 +92,17 @@ def tiny_unet():
     from infinite_id.demo.tiny_sdxl import build_tiny_sdxl
 
     return build_tiny_sdxl(seed=0)
+
+
+@pytest.fixture
+def identities_dir(tmp_path, monkeypatch):
+    """Identities land in tmp_path/identities (a temporary first ``infiniteid`` folder)."""
+    import folder_paths
+
+    from infinite_id.host.folders import ADAPTERS
+
+    paths, extensions = folder_paths.folder_names_and_paths[ADAPTERS]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, ADAPTERS, ([str(tmp_path)] + list(paths), extensions))
+    if hasattr(folder_paths, "filename_list_cache"):
+        monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    return tmp_path / "identities"

@@ -25,6 +25,25 @@ def models_dir(tmp_path_factory):
 
 
 @pytest.fixture
+def cli():
+    """``python . eval`` in this process: call it with the command's arguments; the host's folders are restored."""
+    import argparse
+
+    from infinite_id.cli import evaluate as eval_cli
+
+    saved = folder_paths.get_input_directory(), folder_paths.get_output_directory()
+    parser = argparse.ArgumentParser()
+    eval_cli.add_parser(parser.add_subparsers())
+
+    def invoke(*argv: str) -> int:
+        return eval_cli.evaluate_command(parser.parse_args(["eval", *argv]))
+
+    yield invoke
+    folder_paths.set_input_directory(saved[0])
+    folder_paths.set_output_directory(saved[1])
+
+
+@pytest.fixture
 def eval_folders(models_dir, monkeypatch):
     """The temporary folders as the host's facenet/clip folders (as extra_model_paths would add them)."""
     from infinite_id.host.folders import register_folders

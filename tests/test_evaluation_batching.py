@@ -8,7 +8,6 @@ dicts and stand-in clients.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -24,7 +23,7 @@ from infinite_id.evaluation import batching, remote
 from infinite_id.evaluation.plan import Config
 from infinite_id.evaluation.workflow import PairWorkflow
 from infinite_id.host.executor import PromptError, Runner
-from eval_helpers import eval_folders, models_dir  # noqa: F401
+from eval_helpers import cli, eval_folders, models_dir  # noqa: F401
 
 PACK = Path(eval_cli.__file__).resolve().parent.parent
 RAW = PACK / "workflows" / "api" / "raw_photo.json"
@@ -32,22 +31,6 @@ MIXING = PACK / "workflows" / "api" / "identity_mixing.json"
 FAST = ["--set", "InfiniteIDSampler.steps=1", "--set", "EmptyLatentImage.width=64",
         "--set", "EmptyLatentImage.height=64"]
 PEOPLE = ("demo_a", "demo_b", "demo_c")
-
-
-@pytest.fixture
-def cli():
-    import folder_paths
-
-    saved = folder_paths.get_input_directory(), folder_paths.get_output_directory()
-    parser = argparse.ArgumentParser()
-    eval_cli.add_parser(parser.add_subparsers())
-
-    def invoke(*argv: str) -> int:
-        return eval_cli.evaluate_command(parser.parse_args(["eval", *argv]))
-
-    yield invoke
-    folder_paths.set_input_directory(saved[0])
-    folder_paths.set_output_directory(saved[1])
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Scores are recomputed here from the report's own image paths with insightface's
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -17,31 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from infinite_id.cli import evaluate as eval_cli
 from infinite_id.demo import tiny_eval
 from infinite_id.evaluation import quality, report
-from eval_helpers import app, by_hand_face, clip_by_hand, cos, eval_folders, models_dir  # noqa: F401
+from eval_helpers import app, by_hand_face, clip_by_hand, cli, cos, eval_folders, models_dir  # noqa: F401
 from identity_prompts import face_rgb
 
 PROMPTS = ["a photo of a person holding flowers", "a photo of a person on a beach"]
 FAST = ["--set", "InfiniteIDSampler.steps=1", "--set", "EmptyLatentImage.width=64",
         "--set", "EmptyLatentImage.height=64"]
-
-
-@pytest.fixture
-def cli(tmp_path):
-    import folder_paths
-
-    saved = folder_paths.get_input_directory(), folder_paths.get_output_directory()
-    parser = argparse.ArgumentParser()
-    eval_cli.add_parser(parser.add_subparsers())
-
-    def invoke(*argv: str) -> int:
-        return eval_cli.evaluate_command(parser.parse_args(["eval", *argv]))
-
-    yield invoke
-    folder_paths.set_input_directory(saved[0])
-    folder_paths.set_output_directory(saved[1])
 
 
 def _save(path: Path, rgb: np.ndarray) -> Path:

@@ -11,7 +11,8 @@ import torch
 
 import fuzz_sources
 from infinite_id.host.executor import PromptError, capture
-from infinite_id.identity.batch import batch, recorded
+from infinite_id.identity.batch import batch
+from infinite_id.identity.types import recorded
 from infinite_id.identity.types import Identity
 from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 from test_identity_mixing import lerp_node, mix_node, two_people

@@ -13,9 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import folder_paths
 from infinite_id.host.executor import PromptError, capture
-from infinite_id.host.folders import ADAPTERS
 from infinite_id.identity.mixing import interpolate, mix, parse_weights
 from infinite_id.identity.storage import FORMAT, load_identity
 from infinite_id.identity.types import Identity
@@ -111,14 +109,6 @@ def test_mix_and_interpolate_messages(runner):
     assert mix([one, two]).cond.shape == (2, 8, 64)
     with pytest.raises(ValueError, match="a sweep needs single identities"):
         interpolate(two, one, [0.0, 1.0])
-
-
-@pytest.fixture
-def identities_dir(tmp_path, monkeypatch):
-    """A temporary first ``infiniteid`` folder, so identities land in tmp_path/identities."""
-    paths, extensions = folder_paths.folder_names_and_paths[ADAPTERS]
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, ADAPTERS, ([str(tmp_path)] + list(paths), extensions))
-    return tmp_path / "identities"
 
 
 def test_save_and_load_round_trip(runner, identities_dir):

@@ -23,21 +23,11 @@ from infinite_id.model_patch.replacements import STEP_KEY
 from infinite_id.model_patch.settings import PatchSettings
 from infinite_id.sampling.dual_stream import sample_dual_stream
 from infinite_id.unet.layers import SDXL_LAYERS
+from test_shared_noise import conds, rel
 
 SEED, CFG, TOL = 6, 5.0, 1e-5
 LATENT = (12, 20)           # non-square, odd grids below: 6x10, then 3x5 tokens
 MASK = (48, 80)             # 16x16 mask pixels per token of the coarsest (3x5) grid
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return float((a - b).abs().max() / b.abs().max())
-
-
-def conds():
-    g = torch.Generator().manual_seed(0)
-    one = lambda: [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]  # noqa: E731
-    return one(), one()
 
 
 def columns(first: int, last: int, rows: int = 1) -> torch.Tensor:

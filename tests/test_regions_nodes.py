@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import folder_paths
 import fuzz_sources
 from infinite_id.demo import tiny_insightface as tiny
 from infinite_id.host.executor import PromptError, capture
-from infinite_id.host.folders import ADAPTERS
 from infinite_id.identity.face_masks import box_mask
 from infinite_id.identity.regions import regional_identity
 from infinite_id.identity.storage import load_identity, save_identity
@@ -101,6 +99,9 @@ def test_the_regions_input_adds_people(runner):
     assert [r.name for r in both.regions] == ["identity_1", "identity_1"]
     assert torch.equal(both.regions[0].mask, LEFT) and torch.equal(both.regions[1].mask, RIGHT)
     assert torch.equal(both.cond[:, :4], person(1).cond)
+    feathered = run_regions(runner, identity_1=person(2), mask_1=RIGHT, regions=first, feather=8)
+    assert torch.equal(feathered.regions[0].mask, LEFT)  # feather acts on the people connected here only
+    assert not torch.equal(feathered.regions[1].mask, RIGHT)
 
 
 def test_regional_identities_are_not_mixed(runner):
@@ -175,15 +176,6 @@ def test_face_masks_from_a_layout_image(runner):
 def test_box_mask_clips_to_the_image():
     mask = box_mask(10, 10, (-4.0, 2.0, 4.0, 6.0), 1.0)
     assert mask[:, :4].sum() == 16 and mask[:, 4:].sum() == 0  # the part left of the image is dropped
-
-
-@pytest.fixture
-def identities_dir(tmp_path, monkeypatch):
-    paths, extensions = folder_paths.folder_names_and_paths[ADAPTERS]
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, ADAPTERS, ([str(tmp_path)] + list(paths), extensions))
-    if hasattr(folder_paths, "filename_list_cache"):
-        monkeypatch.setattr(folder_paths, "filename_list_cache", {})
-    return tmp_path / "identities"
 
 
 def test_save_and_load_keep_the_regions(identities_dir):

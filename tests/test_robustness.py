@@ -46,16 +46,6 @@ from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 PACK = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def identities_dir(tmp_path, monkeypatch):
-    """Identities land in tmp_path/identities (a temporary first ``infiniteid`` folder)."""
-    paths, extensions = folder_paths.folder_names_and_paths[ADAPTERS]
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, ADAPTERS, ([str(tmp_path)] + list(paths), extensions))
-    if hasattr(folder_paths, "filename_list_cache"):
-        monkeypatch.setattr(folder_paths, "filename_list_cache", {})
-    return tmp_path / "identities"
-
-
 # --- blocks ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec", [",,", " ; ", ", ;,"])
 def test_empty_block_lists_are_refused(spec):
