@@ -46,10 +46,10 @@ def random_init_(module: torch.nn.Module, seed: int = 0) -> None:
 def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0, proportioned: bool = False):
     """``(ModelPatcher, Adapter)``: SDXL-shaped U-Net and a FaceID-Plus-v2-shaped adapter, random."""
     import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.supported_models
 
     from infinite_id.adapter.kv import IdentityKV
+    from infinite_id.host.compat import core_model_patcher_class, eager_weights
     from infinite_id.unet.layers import SDXL_LAYERS
     from infinite_id.unet.walk import cross_attention_widths
     from infinite_id.adapter.model import Adapter
@@ -62,10 +62,11 @@ def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0, proport
         config.set_inference_dtype(dtype, None)
     else:
         config.unet_config["dtype"] = dtype
-    model = config.get_model({}, device=device)
+    with eager_weights():
+        model = config.get_model({}, device=device)
     random_init_(model.diffusion_model, seed)
     model.diffusion_model.to(dtype)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+    patcher = core_model_patcher_class()(model, load_device=device, offload_device=mm.unet_offload_device())
     widths = cross_attention_widths(model.diffusion_model)
     token_dim = PROPORTIONED["context_dim"] if proportioned else 2048
     kv = IdentityKV(token_dim, [widths[key][0] for key in SDXL_LAYERS], dtype=dtype, device=device)

@@ -58,7 +58,10 @@ def build_from_config(unet_config: dict, dtype, device=None):
         config.set_inference_dtype(dtype, None)
     else:
         config.unet_config["dtype"] = dtype
-    model = config.get_model({}, device=device)
+    from infinite_id.host.compat import eager_weights
+
+    with eager_weights():
+        model = config.get_model({}, device=device)
     if str(device) != "meta":
         from sdxl_random import random_init_
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..host.compat import eager_weights
 from .tiny_sdxl import TINY_CONTEXT_DIM, TINY_POOLED_DIM, init_weights_
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,7 +133,7 @@ def build_tiny_sdxl_clip(seed: int = 0) -> "comfy.sd.CLIP":
         # The 2024 CLIPTextModel.__init__ writes an identity into text_projection in place,
         # which autograd refuses on a leaf parameter; ComfyUI builds models inside its
         # executor's inference mode, here no_grad does the same job.
-        with torch.no_grad():
+        with torch.no_grad(), eager_weights():
             clip = comfy.sd.CLIP(target, embedding_directory=None)
     init_weights_(clip.cond_stage_model, seed)
     log.debug("tiny SDXL CLIP built (seed %d, dtype %s)", seed, next(clip.cond_stage_model.parameters()).dtype)

@@ -17,6 +17,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+from ..host.compat import eager_weights
 from .tiny_sdxl import init_weights_
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +62,8 @@ def build_tiny_clip_vision(seed: int = 0) -> "comfy.clip_vision.ClipVisionModel"
         path = os.path.join(tmp, "clip_vision_config_tiny.json")
         with open(path, "w") as f:
             json.dump(config, f)
-        clip_vision = comfy.clip_vision.ClipVisionModel(path)
+        with eager_weights():
+            clip_vision = comfy.clip_vision.ClipVisionModel(path)
     init_weights_(clip_vision.model, seed)
     log.debug("tiny CLIP vision built (seed %d, dtype %s)", seed, clip_vision.dtype)
     return clip_vision

@@ -79,8 +79,9 @@ def build_tiny_sdxl(seed: int = 0, dtype: torch.dtype = torch.float32, manual_ca
     to for computing, as ComfyUI does for fp8-stored weights (``--fp8_e4m3fn-unet``).
     """
     import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.supported_models
+
+    from ..host.compat import core_model_patcher_class, eager_weights
 
     model_config = comfy.supported_models.SDXL(tiny_sdxl_unet_config())
     # BASE.__init__ forces SDXL's 64-channel heads; the tiny widths need smaller heads.
@@ -90,13 +91,12 @@ def build_tiny_sdxl(seed: int = 0, dtype: torch.dtype = torch.float32, manual_ca
     else:
         model_config.unet_config["dtype"] = dtype
         model_config.manual_cast_dtype = manual_cast_dtype
-    model = model_config.get_model({}, device="cpu")
+    with eager_weights():
+        model = model_config.get_model({}, device="cpu")
     init_weights_(model.diffusion_model, seed)
     model.diffusion_model.to(dtype)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(
-        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-    )
+    return core_model_patcher_class()(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
 def count_transformer_blocks(model_patcher) -> dict[tuple[str, int], int]:

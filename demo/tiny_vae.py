@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..host.compat import eager_weights
 from .tiny_sdxl import init_weights_
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +52,8 @@ def build_tiny_vae(seed: int = 0) -> "comfy.sd.VAE":
     # A throwaway module of the same class gives the seeded state dict; the VAE then loads
     # it the way it loads a checkpoint (both hosts require ``sd``; the 2024 tree calls
     # ``sd.keys()`` first).
-    template = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"])
+    with eager_weights():
+        template = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"])
     init_weights_(template, seed)
     sd = {k: v.detach().clone() for k, v in template.state_dict().items()}
     vae = comfy.sd.VAE(sd=sd, config=config)

@@ -8,6 +8,7 @@ host versions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -273,3 +274,36 @@ def transformer_residuals_in_place() -> bool:
     block = attention.BasicTransformerBlock
     source = inspect.getsource(getattr(block, "_forward", block.forward))
     return "x += n" in source
+
+
+def core_model_patcher_class() -> type:
+    """The patcher class a host builds models with: ``CoreModelPatcher`` on current hosts
+    (``ModelPatcherDynamic`` when dynamic VRAM is on), ``ModelPatcher`` on older ones.
+    Built-in models (the demo U-Net, benchmarks) use it so they load as a checkpoint does."""
+    import comfy.model_patcher
+
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
+@contextlib.contextmanager
+def eager_weights():
+    """Build ComfyUI modules with their weights allocated, for models made in code.
+
+    Under dynamic VRAM (``comfy.memory_management.aimdo_enabled``, current ComfyUI's
+    default on NVIDIA) ``comfy.ops`` layers are built without weights: a checkpoint's
+    ``load_state_dict`` supplies them. The pack's built-in models (the demo models,
+    benchmark U-Nets) initialise their weights in code instead, so they are built with
+    the flag off; the patcher then manages them like any loaded weights.
+    """
+    try:
+        import comfy.memory_management as memory
+    except ImportError:  # hosts from before dynamic VRAM
+        memory = None
+    if memory is None or not getattr(memory, "aimdo_enabled", False):
+        yield
+        return
+    memory.aimdo_enabled = False
+    try:
+        yield
+    finally:
+        memory.aimdo_enabled = True

@@ -102,6 +102,9 @@ def import_host(force_cpu: bool | None = None) -> HostInfo:
     host = str(info.path)
     if host not in sys.path:
         sys.path.insert(0, host)
+    vram = vram_mode()
+    if vram == "dynamic":
+        _load_dynamic_vram_library()  # as main.py: before torch sets up its CUDA allocator
     import torch
 
     import comfy.options  # noqa: F401  (argument parsing stays off: args come from defaults)
@@ -111,13 +114,70 @@ def import_host(force_cpu: bool | None = None) -> HostInfo:
         force_cpu = not torch.cuda.is_available()
     if force_cpu:
         comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401  (reads args.cpu at import)
+    _set_vram_arguments(comfy.cli_args.args, vram)
+    import comfy.model_management  # noqa: F401  (reads args.cpu and the VRAM flags at import)
     import folder_paths  # noqa: F401
     import nodes  # noqa: F401
 
+    if vram == "dynamic" and not force_cpu:
+        _enable_dynamic_vram()
     _imported = info
     log.info(info.describe())
     return info
+
+
+# ------------------------------------------------------------------ memory manager of a run
+# A server picks its memory manager from its command line (main.py). Tests, benchmarks
+# and the GPU check pick it with INFINITEID_VRAM, so one suite runs under each of them.
+VRAM_MODES = ("default", "normal", "lowvram", "novram", "highvram", "dynamic")
+
+
+def vram_mode() -> str:
+    """``$INFINITEID_VRAM``: ``default`` (the host's own choice without flags, as imported
+    here: no dynamic VRAM), ``normal`` (estimate-based loading), ``lowvram``/``novram``
+    (partial loading), ``highvram``, or ``dynamic`` (``ModelPatcherDynamic``, current
+    ComfyUI's default on NVIDIA, which a server enables in main.py)."""
+    mode = os.environ.get("INFINITEID_VRAM", "default").strip().lower() or "default"
+    if mode not in VRAM_MODES:
+        raise RuntimeError(f"INFINITEID_VRAM={mode!r}: use one of {', '.join(VRAM_MODES)}.")
+    return mode
+
+
+def _set_vram_arguments(args, mode: str) -> None:
+    if mode in ("lowvram", "novram", "highvram"):
+        setattr(args, mode, True)
+    if mode != "dynamic" and hasattr(args, "disable_dynamic_vram"):
+        args.disable_dynamic_vram = True
+
+
+def _load_dynamic_vram_library() -> None:
+    try:
+        import comfy_aimdo.control
+    except ImportError as exc:
+        raise RuntimeError("INFINITEID_VRAM=dynamic needs a host with dynamic VRAM (comfy-aimdo, ComfyUI "
+                           "0.16 or newer) and its requirements installed.") from exc
+    if not comfy_aimdo.control.init():
+        raise RuntimeError("INFINITEID_VRAM=dynamic: comfy-aimdo did not load (it needs an NVIDIA or AMD GPU).")
+
+
+def _enable_dynamic_vram() -> None:
+    """What ComfyUI's main.py does when dynamic VRAM is on (NVIDIA, torch >= 2.8)."""
+    import comfy_aimdo.control
+
+    import comfy.memory_management
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    devices = [d.index or 0 for d in mm.get_all_torch_devices()]
+    try:
+        ready = comfy_aimdo.control.init_devices((d, 0) for d in devices)
+    except TypeError:  # comfy-aimdo 0.4.9 protocol
+        ready = comfy_aimdo.control.init_devices(devices)
+    if not ready:
+        raise RuntimeError("INFINITEID_VRAM=dynamic: comfy-aimdo found no device to manage.")
+    comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+    comfy.memory_management.aimdo_enabled = True
+    log.info("dynamic VRAM enabled (ModelPatcherDynamic)")
 
 
 PACK_ALIAS = "infinite_id"

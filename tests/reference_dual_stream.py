@@ -167,7 +167,8 @@ class Reference:
             if not image:
                 return attn.to_out(text_out)
             w_k, w_v = self.kv.to_k[index].weight, self.kv.to_v[index].weight
-            image_out = mha(q, id_tokens @ w_k.t(), id_tokens @ w_v.t(), attn.heads)
+            tokens = id_tokens.to(w_k.device, w_k.dtype)  # where the adapter is (the GPU in a benchmark)
+            image_out = mha(q, (tokens @ w_k.t()).to(q), (tokens @ w_v.t()).to(q), attn.heads)
             if s.merge:
                 out = text_out + s.weight * image_out
             else:
@@ -214,7 +215,12 @@ class Reference:
         ``state_dtype``: the dtype the host keeps the sampler's latent in (newer hosts
         cast noise and latent to float32 whatever the model's dtype).
         """
-        sigmas = sigmas.float()
+        out_device = latent.device
+        # Computes where the U-Net's weights are (the GPU once a benchmark has loaded it, else
+        # the CPU), returns where the latent was.
+        device = next(self.base.diffusion_model.parameters()).device
+        sigmas = sigmas.float().to(device)
+        noise, latent = noise.to(device), latent.to(device)
         if state_dtype is not None:
             noise, latent = noise.to(state_dtype), latent.to(state_dtype)
         pos, neg = self.model_cond(positive, latent), self.model_cond(negative, latent)
@@ -253,6 +259,6 @@ class Reference:
                     x_id = x_id + (d_id + to_d(x2_id, den2_id, s_next)) / 2 * dt
             else:
                 raise ValueError(sampler)
-        out_t = self.base.process_latent_out(x_text.float())
-        out_id = self.base.process_latent_out(x_id.float()) if with_id else None
+        out_t = self.base.process_latent_out(x_text.float()).to(out_device)
+        out_id = self.base.process_latent_out(x_id.float()).to(out_device) if with_id else None
         return out_id, out_t

@@ -49,8 +49,12 @@ SEED, CFG = 3, 5.0
 TOL = 1e-3
 FLOOR_FACTOR = 1.5
 # float16: the identity rows' softmax over duplicated keys (own = text at weight 0) rounds
-# differently from the text rows' (measured 4.6e-3).
+# differently from the text rows' (measured 4.6e-3 on the CPU). On a GPU, SDPA's fused
+# kernels do the same in bfloat16 (measured on an H200: 8.3e-3 bf16, 1.2e-2 fp8 computed
+# in bf16; fp16 within 1e-2), about one bfloat16 rounding step (7.8e-3).
 WEIGHT_ZERO_TOL = {"fp16": 1e-2}
+if torch.cuda.is_available():
+    WEIGHT_ZERO_TOL.update(bf16=2e-2, fp8=2e-2)
 SETTINGS = dict(weight=0.8, attention_mode="mixed", adain="mean", merge=True)
 # name -> (storage dtype, compute (manual cast) dtype, latent size)
 DTYPES = {

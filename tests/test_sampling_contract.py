@@ -192,7 +192,10 @@ def _tiny_controlnet(seed: int = 3):
     config = tiny_sdxl_unet_config()
     config.pop("out_channels")
     config.update(hint_channels=3, dtype=torch.float32, operations=comfy.ops.disable_weight_init)
-    control_model = comfy.cldm.cldm.ControlNet(**config)
+    from infinite_id.host.compat import eager_weights
+
+    with eager_weights():
+        control_model = comfy.cldm.cldm.ControlNet(**config)
     init_weights_(control_model, seed)
     assert all(p.abs().sum() > 0 for p in control_model.zero_convs.parameters())
     return comfy.controlnet.ControlNet(control_model, load_device=mm.get_torch_device())
