@@ -1,4 +1,5 @@
-"""Regenerate the UI-format workflows from ``workflows/api/*.json`` (see ``workflow_io/shipped.py``).
+"""Regenerate the UI-format workflows from ``workflows/api/*.json`` (see ``workflow_io/shipped.py``)
+and the subgraph blueprints ``subgraphs/*.json`` from ``workflows/blueprints/*.json`` (``workflow_io/blueprints.py``).
 
     .venv/bin/python scripts/make_workflows.py                # write example_workflows/*.json
     .venv/bin/python scripts/make_workflows.py --thumbnails   # also example_workflows/*.jpg (demo runs)
@@ -106,10 +107,11 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _load_pack()
+    from infinite_id.workflow_io.blueprints import render_all_blueprints
     from infinite_id.workflow_io.shipped import SHIPPED, api_digest, render_all, same_workflow, thumbnail_path
 
     stale = []
-    for path, text in render_all().items():
+    for path, text in {**render_all(), **render_all_blueprints()}.items():
         if path.is_file() and same_workflow(path.read_text(), text):
             continue
         if args.check:
