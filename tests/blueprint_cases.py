@@ -55,9 +55,13 @@ def ui_workflow(case: Case, node_classes) -> dict:
     return workflow_with_blueprint(f"{case.workflow}_blueprint", source_prompt(case), node_classes, blueprint)
 
 
-def expected_prompt(case: Case) -> dict:
-    """The shipped prompt with the blueprint's nodes renamed as the editor names them."""
-    rename = {k: f"{BLUEPRINT_NODE}:{v}" for k, v in case.inner.items()}
+def expected_prompt(case: Case, ui: dict) -> dict:
+    """The shipped prompt with the blueprint's nodes renamed as the editor names them in ``ui``
+    (inner nodes whose id an outer node has get new ids; they are found by their title)."""
+    titles = {str(n["id"]): n["title"] for n in json.loads(blueprint_path(case.blueprint).read_text())[
+        "definitions"]["subgraphs"][0]["nodes"]}
+    now = {n["title"]: str(n["id"]) for n in ui["definitions"]["subgraphs"][0]["nodes"]}
+    rename = {k: f"{BLUEPRINT_NODE}:{now[titles[v]]}" for k, v in case.inner.items()}
     out = {}
     for nid, node in json.loads(api_path(case.workflow).read_text()).items():
         inputs = {k: [rename.get(v[0], v[0]), v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}

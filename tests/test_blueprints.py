@@ -59,9 +59,9 @@ def test_blueprint_names_its_models_as_the_templates_do(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_workflow_from_blueprint_converts_to_the_shipped_prompt(name):
     case = CASES[name]
-    got = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in ui_to_api(
-        ui_workflow(case, _classes())).items()}
-    assert got == expected_prompt(case)
+    ui = ui_workflow(case, _classes())
+    got = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in ui_to_api(ui).items()}
+    assert got == expected_prompt(case, ui)
     assert any(k.startswith(f"{BLUEPRINT_NODE}:") for k in got)
 
 

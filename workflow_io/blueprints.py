@@ -159,6 +159,28 @@ def workflow_with_blueprint(name: str, prompt: Mapping[str, dict], node_classes:
                     widgets_values=list(template.get("widgets_values") or []))
         for out, socket in zip(node["outputs"], definition["outputs"]):
             out["localized_name"] = socket["name"]
-    ui["definitions"] = {"subgraphs": [json.loads(json.dumps(definition))]}
+    definition = json.loads(json.dumps(definition))
+    ui["last_node_id"] = _renumber(definition, {int(n["id"]) for n in ui["nodes"]}, ui["last_node_id"])
+    ui["definitions"] = {"subgraphs": [definition]}
     return ui
+
+
+def _renumber(definition: dict, taken: set[int], last: int) -> int:
+    """Give inner nodes whose id a node of the outer graph already has a new one (returns the last id).
+
+    Why: the current editor keeps node ids unique across a workflow and its subgraphs; it
+    renumbers clashing inner nodes on load, and its "Queue" then names them by the new
+    ids. A file that already has unique ids is sent as saved, by the editor and the runner.
+    """
+    new_ids = {}
+    for node in definition["nodes"]:
+        if node["id"] in taken:
+            last += 1
+            new_ids[node["id"]] = last
+            node["id"] = last
+    for link in definition["links"]:
+        link["origin_id"] = new_ids.get(link["origin_id"], link["origin_id"])
+        link["target_id"] = new_ids.get(link["target_id"], link["target_id"])
+    definition["state"]["lastNodeId"] = max([last, definition["state"]["lastNodeId"]])
+    return max(last, definition["state"]["lastNodeId"])
 
