@@ -40,10 +40,12 @@ class InfiniteIDApply:
             "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 3.0, "step": 0.05,
                                  "tooltip": "Strength of the identity cross-attention. 0 gives the plain text result; "
                                             "lower it if images look burned."}),
-            "attention_mode": (list(ATTENTION_MODES), {"default": "mixed", "advanced": True,
+            "attention_mode": (list(ATTENTION_MODES), {
+                               "default": "mixed", "advanced": True,
                                "tooltip": "mixed: the paper's method (own + text-stream keys/values). mutual: text-stream "
                                           "keys/values only (ablation). off: no mixing, no text stream computed."}),
-            "cross_attention_merge": ("BOOLEAN", {"default": True, "advanced": True,
+            "cross_attention_merge": ("BOOLEAN", {
+                                      "default": True, "advanced": True,
                                       "tooltip": "Sum identity and text cross-attention (paper). Off: identity attention "
                                                  "replaces text attention, blended by weight (ablation)."}),
             "adain": (list(ADAIN_MODES), {"default": "off",

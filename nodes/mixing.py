@@ -25,7 +25,8 @@ class InfiniteIDMix:
     DESCRIPTION = ("Identity mixing: stack the tokens of several identities so the result carries features of each. "
                    "Connect two to eight identities.")
     CATEGORY = "InfiniteID"
-    SEARCH_ALIASES = ["mix faces", "blend identities", "merge faces", "combine identities", "identity mixing", "face id mix"]
+    SEARCH_ALIASES = ["mix faces", "blend identities", "merge faces", "combine identities", "identity mixing",
+                      "face id mix"]
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
     RETURN_NAMES = ("identity",)
     FUNCTION = "mix"
@@ -60,7 +61,8 @@ class InfiniteIDInterpolate:
     DESCRIPTION = ("Blend two identities: t = 0 is identity_a, t = 1 is identity_b. With steps > 1 the output holds "
                    "that many identities from t = 0 to 1; sample it with a latent batch of the same size for a sweep.")
     CATEGORY = "InfiniteID"
-    SEARCH_ALIASES = ["interpolate faces", "blend identities", "morph faces", "face morph", "identity sweep", "face id blend"]
+    SEARCH_ALIASES = ["interpolate faces", "blend identities", "morph faces", "face morph", "identity sweep",
+                      "face id blend"]
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
     RETURN_NAMES = ("identity",)
     FUNCTION = "interpolate"

@@ -29,7 +29,8 @@ class InfiniteIDRegions:
                    "identity + mask pairs; the output goes to InfiniteID Apply like any identity. Masks of any size "
                    "are stretched to the image.")
     CATEGORY = "InfiniteID"
-    SEARCH_ALIASES = ["two people", "multiple people", "regional identity", "regional face id", "group photo", "masks faces"]
+    SEARCH_ALIASES = ["two people", "multiple people", "regional identity", "regional face id", "group photo",
+                      "masks faces"]
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
     RETURN_NAMES = ("identity",)
     FUNCTION = "regions"

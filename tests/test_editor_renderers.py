@@ -98,8 +98,12 @@ const [wf, name, types, done] = arguments;
       });
     }
     const links = Object.fromEntries(types.map(t => [t, LGraphCanvas.link_type_colors[t]]));
+    // Blueprint nodes: the widgets they show against the inner widgets they promote.
+    const promoted = graph._nodes.filter(n => n.subgraph).map(n => ({
+      shown: (n.widgets || []).map(w => w.label || w.name),
+      wanted: ((n.properties || {}).proxyWidgets || []).map(p => p[1])}));
     app.canvas.setDirty(true, true);
-    done({unknown, errors, dialogs, vueNodes, graphNodes: graph._nodes.length, prompt, dots, links});
+    done({unknown, errors, dialogs, vueNodes, graphNodes: graph._nodes.length, prompt, dots, links, promoted});
   } catch (e) { done({error: String((e && e.stack) || e)}); }
 })();
 """
@@ -107,8 +111,9 @@ const [wf, name, types, done] = arguments;
 _APPLY_JS = """
 const done = arguments[0];
 (async () => {
+  app.graph.clear();
   const node = LiteGraph.createNode('InfiniteIDApply');
-  node.pos = [100, 100];
+  node.pos = [300, 150];
   app.graph.add(node);
   await new Promise(r => setTimeout(r, 800));
   const el = document.querySelector(`[data-node-id="${node.id}"]`);
@@ -242,6 +247,9 @@ def test_every_workflow_and_blueprint_opens_on_both_renderers(browser, frontend,
         problems += [f"{name}: dialog {d!r}" for d in result["dialogs"] if any(w in d.lower() for w in MISSING_WORDS)]
         if vue and result["vueNodes"] < result["graphNodes"]:
             problems.append(f"{name}: {result['vueNodes']} of {result['graphNodes']} nodes drawn as Vue nodes")
+        for node in result["promoted"]:
+            if not all(any(w in shown for shown in node["shown"]) for w in node["wanted"]):
+                problems.append(f"{name}: blueprint node shows {node['shown']}, promotes {node['wanted']}")
         if result["links"] != TYPE_COLOURS:
             problems.append(f"{name}: link colours {result['links']}")
         if vue:

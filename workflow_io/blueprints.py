@@ -160,13 +160,19 @@ def workflow_with_blueprint(name: str, prompt: Mapping[str, dict], node_classes:
         for out, socket in zip(node["outputs"], definition["outputs"]):
             out["localized_name"] = socket["name"]
     definition = json.loads(json.dumps(definition))
-    ui["last_node_id"] = _renumber(definition, {int(n["id"]) for n in ui["nodes"]}, ui["last_node_id"])
+    ui["last_node_id"], new_ids = _renumber(definition, {int(n["id"]) for n in ui["nodes"]}, ui["last_node_id"])
+    for node in ui["nodes"]:  # promoted widgets name the inner node by id
+        if node["type"] == definition["id"]:
+            node["properties"]["proxyWidgets"] = [[str(new_ids.get(int(nid), nid)), widget]
+                                                  for nid, widget in node["properties"].get("proxyWidgets", [])]
     ui["definitions"] = {"subgraphs": [definition]}
     return ui
 
 
-def _renumber(definition: dict, taken: set[int], last: int) -> int:
-    """Give inner nodes whose id a node of the outer graph already has a new one (returns the last id).
+def _renumber(definition: dict, taken: set[int], last: int) -> tuple[int, dict[int, int]]:
+    """Give inner nodes whose id a node of the outer graph already has a new one.
+
+    Returns the last id used and the old -> new ids.
 
     Why: the current editor keeps node ids unique across a workflow and its subgraphs; it
     renumbers clashing inner nodes on load, and its "Queue" then names them by the new
@@ -181,6 +187,6 @@ def _renumber(definition: dict, taken: set[int], last: int) -> int:
     for link in definition["links"]:
         link["origin_id"] = new_ids.get(link["origin_id"], link["origin_id"])
         link["target_id"] = new_ids.get(link["target_id"], link["target_id"])
-    definition["state"]["lastNodeId"] = max([last, definition["state"]["lastNodeId"]])
-    return max(last, definition["state"]["lastNodeId"])
+    definition["state"]["lastNodeId"] = max(last, definition["state"]["lastNodeId"])
+    return definition["state"]["lastNodeId"], new_ids
 

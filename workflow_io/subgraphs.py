@@ -12,6 +12,10 @@ Widget values of the inner nodes come from the definition: a promoted widget
 (``properties.proxyWidgets`` on the instance) is the inner node's widget, shown on the
 instance, and the editor saves its value there.
 
+Not handled (the pack's blueprints do not use it): a widget exposed as a subgraph *input*
+socket (an inner widget linked to the input node, its value kept on the instance); the
+inner node's own saved value is sent instead.
+
 In a definition, ``-10`` is the subgraph's input node and ``-20`` its output node; links
 are objects (``origin_id``, ``origin_slot``, ``target_id``, ``target_slot``, ``type``).
 """
