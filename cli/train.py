@@ -87,7 +87,7 @@ def add_parser(commands: Any) -> None:
                    f"(default {d.resolution}; --demo {DEMO_RESOLUTION}); use the value you will train with")
     g.add_argument("--threshold", type=float, default=None,
                    help="ArcFace cosine similarity from which two photos are the same person (default 0.28, "
-                        "insightface's same-person value)")
+                        "insightface's same-person value; with --demo 0.8, which fits the tiny demo recognizer)")
     g.add_argument("--mode", choices=["symlink", "hardlink", "copy"], default="symlink",
                    help="how photos are placed in SORTED (default symlink)")
     g.add_argument("--chunk-size", type=int, default=2048, help="query rows per nearest-neighbour chunk")
@@ -264,12 +264,12 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
 def _group(args: argparse.Namespace, dist: Any) -> int:
     from ..training.cache import CacheSettings, Preprocessor, cache_sources, cached_uncond_clip, source_keys
     from ..training.cache import needs_models
-    from ..training.grouping import (BORDERLINE_MARGIN, DEFAULT_THRESHOLD, REPORT_TEXT, check_grouping,
-                                     check_libraries, group_photos, place_photos, prepare_group_output, report,
+    from ..training.grouping import (BORDERLINE_MARGIN, REPORT_TEXT, check_grouping, check_libraries,
+                                     default_threshold, group_photos, place_photos, prepare_group_output, report,
                                      scan_pile, write_report)
 
     check_libraries()
-    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    threshold = default_threshold(args.demo) if args.threshold is None else args.threshold
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"group: --threshold must be between 0 and 1 (ArcFace cosine similarity), got {threshold}")
     if args.chunk_size < 1:
@@ -277,6 +277,11 @@ def _group(args: argparse.Namespace, dist: Any) -> int:
     resolution = args.resolution or (DEMO_RESOLUTION if args.demo else 1024)
     if resolution % 8:
         raise ValueError(f"group: --resolution must be a multiple of 8 (the VAE's factor), got {resolution}")
+    if args.threshold is None:
+        log.info("group: threshold %g (the default %s; --threshold changes it)", threshold,
+                 "for the tiny demo recognizer" if args.demo else "for ArcFace, insightface's same-person value")
+    else:
+        log.info("group: threshold %g (--threshold)", threshold)
     output: Path = args.output
     photos = scan_pile(args.photos, exclude=output)
     settings = CacheSettings(resolution=resolution, models=models_id(args))

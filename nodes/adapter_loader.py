@@ -44,6 +44,8 @@ class InfiniteIDAdapterLoader:
                    "from the file's contents, so any file name works; other adapters are refused with a message "
                    "saying what they are.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["face id", "faceid", "ipadapter face", "ip-adapter faceid", "load adapter", "identity adapter",
+                      "faceid plus v2"]
     RETURN_TYPES = ("INFINITEID_ADAPTER",)
     RETURN_NAMES = ("adapter",)
     FUNCTION = "load"

@@ -16,7 +16,8 @@ NODE = "InfiniteIDApply"
 
 
 def _percent(default: float, tooltip: str) -> tuple:
-    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tooltip})
+    """A schedule window bound: an expert input (the paper injects over the whole run)."""
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tooltip, "advanced": True})
 
 
 class InfiniteIDApply:
@@ -25,6 +26,8 @@ class InfiniteIDApply:
                    "attention (merge), and AdaIN-mean carries the prompt's style. Sample the result with "
                    "'InfiniteID Sampler' or 'InfiniteID Guider'.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["face id", "identity", "apply identity", "face swap", "personalize", "personalise",
+                      "pulid", "instantid", "ipadapter face", "faceid", "photomaker", "infinite id"]
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "apply"
 
@@ -37,10 +40,12 @@ class InfiniteIDApply:
             "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 3.0, "step": 0.05,
                                  "tooltip": "Strength of the identity cross-attention. 0 gives the plain text result; "
                                             "lower it if images look burned."}),
-            "attention_mode": (list(ATTENTION_MODES), {"default": "mixed",
+            "attention_mode": (list(ATTENTION_MODES), {
+                               "default": "mixed", "advanced": True,
                                "tooltip": "mixed: the paper's method (own + text-stream keys/values). mutual: text-stream "
                                           "keys/values only (ablation). off: no mixing, no text stream computed."}),
-            "cross_attention_merge": ("BOOLEAN", {"default": True,
+            "cross_attention_merge": ("BOOLEAN", {
+                                      "default": True, "advanced": True,
                                       "tooltip": "Sum identity and text cross-attention (paper). Off: identity attention "
                                                  "replaces text attention, blended by weight (ablation)."}),
             "adain": (list(ADAIN_MODES), {"default": "off",
@@ -51,11 +56,11 @@ class InfiniteIDApply:
             "mix_start_percent": _percent(0.0, "Sampling progress at which mixed attention starts."),
             "mix_end_percent": _percent(1.0, "Sampling progress at which mixed attention ends. The text stream is not "
                                              "computed after it, which saves time."),
-            "blocks": ("STRING", {"default": "all",
+            "blocks": ("STRING", {"default": "all", "advanced": True,
                                   "tooltip": "Blocks to patch: 'all', or a list such as 'input, middle_0, output_0'. "
                                              "Blocks: input_4,5,7,8 middle_0 output_0..5."}),
         }, "optional": {
-            "lora_strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05,
+            "lora_strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05, "advanced": True,
                               "tooltip": "Strength of the adapter's own U-Net LoRA, applied only when the adapter file "
                                          "carries one (IP-Adapter FaceID-Plus-v2 was trained with it). It changes "
                                          "both streams; 0 leaves the model's weights untouched."}),

@@ -13,6 +13,8 @@ class InfiniteIDEncode:
                    "both to identity tokens with the adapter. Several images of the same person are averaged. "
                    "The second output shows the aligned faces that were used.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["face id", "identity", "encode face", "face embedding", "reference photo", "arcface",
+                      "pulid", "instantid", "ipadapter face", "faceid"]
     RETURN_TYPES = ("INFINITEID_IDENTITY", "IMAGE")
     RETURN_NAMES = ("identity", "faces")
     FUNCTION = "encode"
@@ -26,13 +28,13 @@ class InfiniteIDEncode:
                                                        "trained with (CLIP-ViT-H-14)."}),
             "adapter": ("INFINITEID_ADAPTER", {"tooltip": "From 'InfiniteID Adapter Loader'."}),
             "image": ("IMAGE", {"tooltip": "One or several photos of ONE person (a batch)."}),
-            "face_index": ("INT", {"default": -1, "min": -1, "max": 63,
+            "face_index": ("INT", {"default": -1, "min": -1, "max": 63, "advanced": True,
                                    "tooltip": "-1: the largest face in each image. 0, 1, ...: the face at that "
                                               "position counted from the left."}),
-            "average": (list(AVERAGE_MODES), {"default": "embeddings",
+            "average": (list(AVERAGE_MODES), {"default": "embeddings", "advanced": True,
                         "tooltip": "How several images combine. embeddings: average the face features, then map "
                                    "once. tokens: map each image, then average the identity tokens."}),
-            "skip_images_without_face": ("BOOLEAN", {"default": True,
+            "skip_images_without_face": ("BOOLEAN", {"default": True, "advanced": True,
                                          "tooltip": "Ignore images where no usable face is found (logged). The node "
                                                     "still fails when no image has one."}),
         }}

@@ -54,6 +54,7 @@ class InfiniteIDFaceSimilarity:
                    "reference's, with FaceNet (M_FaceNet, the paper's metric) or ArcFace. An image without a face "
                    "scores 0 and is flagged. Outputs the batch mean, per-image scores (JSON) and annotated images.")
     CATEGORY = "InfiniteID/evaluation"
+    SEARCH_ALIASES = ["face similarity", "identity score", "facenet", "arcface", "face id score", "evaluate"]
     RETURN_TYPES = ("FLOAT", "STRING", "IMAGE")
     RETURN_NAMES = ("mean_score", "scores", "annotated")
     FUNCTION = "score"
@@ -64,10 +65,10 @@ class InfiniteIDFaceSimilarity:
             "face_analysis": ("FACEANALYSIS", {"tooltip": _FACE_ANALYSIS_TIP}),
             "image": ("IMAGE", {"tooltip": _IMAGE_TIP}),
             "reference": ("IMAGE", {"tooltip": _REFERENCE_TIP}),
-            "backbone": (list(BACKBONES), {"default": "facenet",
+            "backbone": (list(BACKBONES), {"default": "facenet", "advanced": True,
                          "tooltip": "facenet: InceptionResnetV1 (VGGFace2), the paper's M_FaceNet. arcface: the "
                                     "face analysis pack's recognition model (no extra file)."}),
-            "facenet_model": (backbones.facenet_choices(), {"default": backbones.FACENET_FILE,
+            "facenet_model": (backbones.facenet_choices(), {"default": backbones.FACENET_FILE, "advanced": True,
                               "tooltip": "FaceNet weights in models/facenet/ (used by the facenet backbone only)."}),
         }}
 
@@ -92,6 +93,7 @@ class InfiniteIDClipScore:
                    "reference's face, 0 without a face) and CLIP-T (the whole image against the prompt). Outputs "
                    "the batch means, per-image scores (JSON) and annotated images.")
     CATEGORY = "InfiniteID/evaluation"
+    SEARCH_ALIASES = ["clip score", "clip-i", "clip-t", "prompt score", "evaluate"]
     RETURN_TYPES = ("FLOAT", "FLOAT", "STRING", "IMAGE")
     RETURN_NAMES = ("clip_i", "clip_t", "scores", "annotated")
     FUNCTION = "score"
@@ -102,7 +104,7 @@ class InfiniteIDClipScore:
             "face_analysis": ("FACEANALYSIS", {"tooltip": _FACE_ANALYSIS_TIP}),
             "image": ("IMAGE", {"tooltip": _IMAGE_TIP}),
             "reference": ("IMAGE", {"tooltip": _REFERENCE_TIP}),
-            "clip_model": (backbones.clip_choices(), {"default": backbones.CLIP_DEFAULT,
+            "clip_model": (backbones.clip_choices(), {"default": backbones.CLIP_DEFAULT, "advanced": True,
                            "tooltip": "A full CLIP model (vision + text) in models/clip/: an HF folder such as "
                                       "clip-vit-large-patch14/ (the paper's ViT-L/14) or one HF .safetensors."}),
             "prompt": ("STRING", {"multiline": True, "default": "",

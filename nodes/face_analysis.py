@@ -17,6 +17,8 @@ class InfiniteIDFaceAnalysisLoader:
     DESCRIPTION = ("Load an insightface model pack (antelopev2 by default) from models/insightface/models/. "
                    "Nothing is downloaded; a missing pack gives a message naming its files and folder.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["insightface", "antelopev2", "face analysis", "face detection", "face id loader",
+                      "instantid face", "pulid face"]
     RETURN_TYPES = ("FACEANALYSIS",)
     RETURN_NAMES = ("face_analysis",)
     FUNCTION = "load"
@@ -26,11 +28,11 @@ class InfiniteIDFaceAnalysisLoader:
         return {"required": {
             "model_name": (available_packs(), {"default": DEFAULT_PACK,
                            "tooltip": "A folder under models/insightface/models/ (antelopev2, buffalo_l, ...)."}),
-            "provider": (list(PROVIDERS), {"default": AUTO,
+            "provider": (list(PROVIDERS), {"default": AUTO, "advanced": True,
                          "tooltip": "onnxruntime execution provider. auto: the installed build's GPU provider "
                                     "(onnxruntime-gpu: CUDA), else CPU. Falls back to CPU (with a log line) when "
                                     "the installed onnxruntime cannot run it."}),
-            "det_size": ("INT", {"default": 640, "min": 128, "max": 2048, "step": 32,
+            "det_size": ("INT", {"default": 640, "min": 128, "max": 2048, "step": 32, "advanced": True,
                                  "tooltip": "Detector input size. Encode retries smaller sizes down to 320 when no "
                                             "face is found."}),
         }}

@@ -14,6 +14,7 @@ class InfiniteIDGuider:
     DESCRIPTION = ("CFG guider for a MODEL patched by 'InfiniteID Apply', for SamplerCustomAdvanced. Both streams use "
                    "the noise and sampler you connect there; the output is the identity stream.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["guider", "identity guider", "face id guider", "samplercustomadvanced", "dual stream"]
     RETURN_TYPES = ("GUIDER",)
     FUNCTION = "get_guider"
 
@@ -26,7 +27,7 @@ class InfiniteIDGuider:
             "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance for both streams (paper: 5.0)."}),
         }, "optional": {
-            "batch_noise": (list(NOISE_MODES), {"default": "auto", "tooltip": BATCH_NOISE_TOOLTIP}),
+            "batch_noise": (list(NOISE_MODES), {"default": "auto", "tooltip": BATCH_NOISE_TOOLTIP, "advanced": True}),
         }}
 
     @checked_inputs(NODE)

@@ -21,6 +21,7 @@ class InfiniteIDSaveIdentity:
     DESCRIPTION = ("Save an identity (tokens and the features they came from) to models/infiniteid/identities/ as a "
                    "safetensors file, to reuse it without the reference photos.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["save face", "save identity", "export identity", "face id save"]
     RETURN_TYPES = ()
     FUNCTION = "save"
     OUTPUT_NODE = True
@@ -44,6 +45,7 @@ class InfiniteIDSaveIdentity:
 class InfiniteIDLoadIdentity:
     DESCRIPTION = "Load an identity saved by 'InfiniteID Save Identity' (shapes and values are checked)."
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["load face", "load identity", "saved identity", "face id load"]
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
     RETURN_NAMES = ("identity",)
     FUNCTION = "load"

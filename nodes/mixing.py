@@ -25,6 +25,8 @@ class InfiniteIDMix:
     DESCRIPTION = ("Identity mixing: stack the tokens of several identities so the result carries features of each. "
                    "Connect two to eight identities.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["mix faces", "blend identities", "merge faces", "combine identities", "identity mixing",
+                      "face id mix"]
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
     RETURN_NAMES = ("identity",)
     FUNCTION = "mix"
@@ -59,6 +61,8 @@ class InfiniteIDInterpolate:
     DESCRIPTION = ("Blend two identities: t = 0 is identity_a, t = 1 is identity_b. With steps > 1 the output holds "
                    "that many identities from t = 0 to 1; sample it with a latent batch of the same size for a sweep.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["interpolate faces", "blend identities", "morph faces", "face morph", "identity sweep",
+                      "face id blend"]
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
     RETURN_NAMES = ("identity",)
     FUNCTION = "interpolate"
@@ -89,6 +93,7 @@ class InfiniteIDIdentityBatch:
                    "(expanded) or of as many rows: with batch_noise 'auto' every row equals sampling that person "
                    "alone with the same seed. A connected batch adds all its rows, so batches chain like Image Batch.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["identity batch", "several people", "batch faces", "face id batch"]
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
     RETURN_NAMES = ("identity",)
     FUNCTION = "batch"

@@ -29,6 +29,8 @@ class InfiniteIDRegions:
                    "identity + mask pairs; the output goes to InfiniteID Apply like any identity. Masks of any size "
                    "are stretched to the image.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["two people", "multiple people", "regional identity", "regional face id", "group photo",
+                      "masks faces"]
     RETURN_TYPES = ("INFINITEID_IDENTITY",)
     RETURN_NAMES = ("identity",)
     FUNCTION = "regions"
@@ -81,6 +83,7 @@ class InfiniteIDFaceMasks:
                    "earlier render): mask_1 covers the leftmost face, mask_2 the next, ... each box grown to hold the "
                    "head. Use an image with the aspect of the picture you generate.")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["face masks", "face mask", "face detection mask", "masks from faces", "face bbox"]
     RETURN_TYPES = ("MASK",) * MAX_REGIONS + ("INT",)
     RETURN_NAMES = tuple(f"mask_{i}" for i in range(1, MAX_REGIONS + 1)) + ("faces",)
     FUNCTION = "masks"

@@ -29,6 +29,7 @@ class InfiniteIDSampler:
                    "from the same seed in one batched U-Net call per step. Outputs the identity latent (the result) "
                    "and the text latent (what plain SDXL gives for the prompt; exact while the mixing window lasts).")
     CATEGORY = "InfiniteID"
+    SEARCH_ALIASES = ["ksampler", "identity sampler", "face id sampler", "dual stream", "sampler"]
     RETURN_TYPES = ("LATENT", "LATENT")
     RETURN_NAMES = ("identity_latent", "text_latent")
     FUNCTION = "sample"
@@ -52,7 +53,7 @@ class InfiniteIDSampler:
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                   "tooltip": "As in KSampler."}),
         }, "optional": {
-            "batch_noise": (list(NOISE_MODES), {"default": "auto", "tooltip": BATCH_NOISE_TOOLTIP}),
+            "batch_noise": (list(NOISE_MODES), {"default": "auto", "tooltip": BATCH_NOISE_TOOLTIP, "advanced": True}),
         }}
 
     @checked_inputs(NODE)

@@ -1,4 +1,6 @@
 """Every public node explains itself: a description, and a tooltip on every input."""
+from pathlib import Path
+
 import pytest
 
 import infinite_id
@@ -132,3 +134,63 @@ def test_references_point_at_files_of_this_repository():
                 if not target.startswith(("http://", "https://")) and not (path.parent / target).exists():
                     problems.append(f"{rel}: links {target}, which does not exist")
     assert not problems, "\n".join(problems)
+
+
+HELP_DIR = Path(infinite_id.__file__).resolve().parent / "web" / "docs"
+# What a first image needs on each node (docs/EDITOR.md, "Essentials first"); the rest is advanced.
+ESSENTIALS = {
+    "InfiniteIDApply": {"weight", "adain"},
+    "InfiniteIDEncode": set(),
+    "InfiniteIDSampler": {"seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"},
+    "InfiniteIDGuider": {"cfg"},
+    "InfiniteIDFaceSimilarity": set(),
+    "InfiniteIDClipScore": {"prompt"},
+    "InfiniteIDFaceAnalysisLoader": {"model_name"},
+}
+
+
+def _inputs(cls) -> dict:
+    from infinite_id.workflow_io.ui_to_api import declared_inputs, is_widget
+
+    return {name: (spec, is_widget(spec), (spec[1] if len(spec) > 1 else {}).get("advanced", False))
+            for name, spec in declared_inputs(cls)}
+
+
+@pytest.mark.parametrize("name,cls", NODES, ids=[n for n, _ in NODES])
+def test_advanced_inputs_follow_the_rule(name, cls):
+    """Sockets are never advanced; an advanced widget has a default (the paper's setting) to fall back on;
+    the nodes people meet first show only their essentials."""
+    inputs = _inputs(cls)
+    assert not [n for n, (_, widget, adv) in inputs.items() if adv and not widget], f"{name}: advanced socket"
+    assert not [n for n, (spec, _, adv) in inputs.items() if adv and "default" not in spec[1]], name
+    if name in ESSENTIALS:
+        shown = {n for n, (_, widget, adv) in inputs.items() if widget and not adv}
+        assert shown == ESSENTIALS[name], f"{name} shows {sorted(shown)}"
+
+
+@pytest.mark.parametrize("name,cls", NODES, ids=[n for n, _ in NODES])
+def test_every_node_has_a_help_page(name, cls):
+    """``web/docs/<node>.md`` (the editor's help panel): the display name, every input with the advanced
+    ones marked as such, and a typical wiring."""
+    path = HELP_DIR / f"{name}.md"
+    assert path.is_file(), f"{path} is missing"
+    text = path.read_text()
+    assert text.startswith(f"# {infinite_id.NODE_DISPLAY_NAME_MAPPINGS[name]}\n"), name
+    assert "## Typical wiring" in text and "## Input" in text, name
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")}
+    for input_name, (_, _, advanced) in _inputs(cls).items():
+        row = next((line for key, line in rows.items() if f"`{input_name}`" in key
+                    or (input_name[-1].isdigit() and f"`{input_name.rstrip('0123456789')}" in key)), None)
+        assert row is not None, f"{name}: help page does not describe '{input_name}'"
+        key = row.split("|")[1]
+        if input_name.rstrip("0123456789") == input_name:  # numbered inputs share a row
+            assert ("*(advanced)*" in key) == advanced, f"{name}: '{input_name}' advanced={advanced}: {key}"
+
+
+def test_search_aliases_find_the_pack():
+    """The words people search for with other face packs' names lead to the setup nodes."""
+    aliases = {name: {a.lower() for a in getattr(cls, "SEARCH_ALIASES", [])} for name, cls in NODES}
+    assert all(aliases.values()), [n for n, a in aliases.items() if not a]
+    for word in ("face id", "identity", "pulid", "instantid", "ipadapter face"):
+        assert word in aliases["InfiniteIDApply"], word
+    assert {"face id", "identity"} <= aliases["InfiniteIDEncode"]

@@ -9,9 +9,10 @@ and give a clear message for each bad pile.
 
 Threshold: the tiny recognizer is a random projection of pooled pixels, so different
 textures share a common component: other people's photos score 0.30..0.60 with it
-(real ArcFace impostor pairs sit near 0), its same-person photos 0.96..1.0. The tests
-therefore group at ``--threshold 0.8``; the default (0.28, insightface's same-person
-value) is meant for real ArcFace embeddings, and the grouping arithmetic at any
+(real ArcFace impostor pairs sit near 0), its same-person photos 0.96..1.0. ``--demo``
+therefore groups at 0.8 by default (and says so); without ``--demo`` the default is
+0.28, insightface's same-person value for real ArcFace embeddings. The tests run the
+command as a user would, without ``--threshold``, and the grouping arithmetic at any
 threshold is checked on constructed vectors against a plain all-pairs computation.
 """
 from __future__ import annotations
@@ -28,7 +29,6 @@ from infinite_id.demo import tiny_insightface as tiny
 from training_fixtures import PHOTO_SIZE
 
 PEOPLE, PHOTOS = 3, 3
-THRESHOLD = "0.8"
 
 
 def person_photo(person: int, photo: int, size: int = PHOTO_SIZE) -> np.ndarray:
@@ -71,10 +71,9 @@ def make_pile(root: Path) -> dict[str, set[str]]:
 
 
 def group(host_info, pile: Path, sorted_dir: Path, *extra: str) -> int:
+    """``train group --demo`` as a user types it: no ``--threshold`` unless a test passes one."""
     from infinite_id.cli import main
 
-    if "--threshold" not in extra:
-        extra = ("--threshold", THRESHOLD, *extra)
     return main(["train", "group", "--demo", "--photos", str(pile), "--output", str(sorted_dir), *extra], host_info)
 
 
@@ -83,8 +82,28 @@ def grouped(tmp_path_factory, host_info):
     pile = tmp_path_factory.mktemp("pile")
     truth = make_pile(pile)
     out = tmp_path_factory.mktemp("sorted") / "SORTED"
-    assert group(host_info, pile, out) == 0
-    return pile, out, truth
+    handler = _Capture()
+    logging.getLogger().addHandler(handler)
+    try:
+        assert group(host_info, pile, out) == 0
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return pile, out, truth, handler.text
+
+
+class _Capture(logging.Handler):
+    """The log of the module-scoped run (caplog is per test)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
 
 def _found(out: Path, pile: Path) -> list[set[str]]:
@@ -95,7 +114,10 @@ def _found(out: Path, pile: Path) -> list[set[str]]:
 
 
 def test_people_are_grouped_exactly(grouped):
-    pile, out, truth = grouped
+    """The demo's default threshold finds the three people (0.28 would file them as one) and says which it used."""
+    pile, out, truth, text = grouped
+    assert "group: threshold 0.8 (the default for the tiny demo recognizer" in text, text
+    assert "group: 3 people" in text
     found = _found(out, pile)
     assert sorted(map(sorted, found)) == sorted(map(sorted, truth.values()))
     assert all(p.is_symlink() for p in (out / "person-0001").iterdir())  # the default mode
@@ -106,9 +128,9 @@ def test_people_are_grouped_exactly(grouped):
 
 def test_grouping_arithmetic_against_all_pairs():
     """Constructed unit vectors: chunked sklearn search + components == an all-pairs numpy computation."""
-    from infinite_id.training.grouping import DEFAULT_THRESHOLD, group_embeddings
+    from infinite_id.training.grouping import DEFAULT_THRESHOLD, default_threshold, group_embeddings
 
-    assert DEFAULT_THRESHOLD == 0.28
+    assert DEFAULT_THRESHOLD == 0.28 and default_threshold(demo=False) == 0.28 and default_threshold(demo=True) == 0.8
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(12, 512))
     # Noise of 0.3..4.5 per photo: similarities inside a person spread from ~0.9 to ~0.05, so some
@@ -145,7 +167,7 @@ def test_grouping_arithmetic_against_all_pairs():
 
 
 def test_odd_photos_are_reported_not_guessed(grouped):
-    pile, out, _ = grouped
+    pile, out, _, _ = grouped
     data = json.loads((out / "group_report.json").read_text())
     assert list(data["no_face"]) == ["wall.png"] and "no face found" in data["no_face"]["wall.png"]
     assert data["several_faces"] == {"couple.png": 2}
@@ -160,7 +182,7 @@ def test_odd_photos_are_reported_not_guessed(grouped):
 
 
 def test_rerun_resumes_and_other_settings_are_refused(grouped, host_info, caplog):
-    pile, out, truth = grouped
+    pile, out, truth, _ = grouped
     before = sorted(p.name for p in out.rglob("*.png"))
     caplog.clear()
     with caplog.at_level(logging.INFO):
@@ -177,7 +199,7 @@ def test_rerun_resumes_and_other_settings_are_refused(grouped, host_info, caplog
 def test_sorted_folder_trains_without_processing_again(grouped, host_info, caplog, tmp_path):
     from infinite_id.cli import main
 
-    _, out, _ = grouped
+    _, out, _, _ = grouped
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert main(["train", "--demo", "--data", str(out), "--output", str(tmp_path / "run"), "--steps", "1",
@@ -231,11 +253,11 @@ def test_group_command_under_torchrun_matches(grouped, tmp_path):
     import subprocess
     import sys
 
-    pile, out, _ = grouped
+    pile, out, _, _ = grouped
     pack = Path(__file__).resolve().parent.parent
     two = tmp_path / "SORTED"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(pack),
-               "train", "group", "--demo", "--photos", str(pile), "--output", str(two), "--threshold", THRESHOLD]
+               "train", "group", "--demo", "--photos", str(pile), "--output", str(two)]
     done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                           timeout=600)
     log = done.stdout + done.stderr

@@ -10,7 +10,8 @@ what the cache is keyed by).
 **Same person (decision).** Two photos are the same person when the cosine similarity
 of their ArcFace embeddings is at least ``--threshold``, default 0.28: the value of
 insightface's own recognition demo (``web-demos/src_recognition``: "They ARE the same
-person" from 0.28, "LIKELY" from 0.20, not the same below 0.20). People are the connected
+person" from 0.28, "LIKELY" from 0.20, not the same below 0.20); with ``--demo`` 0.8, which
+fits the tiny demo recognizer (``DEMO_THRESHOLD``). People are the connected
 groups of that relation. Pairs between 0.20 (the threshold minus 0.08 when it is
 changed) and the threshold that end up in different groups are listed as borderline:
 they may be one person split in two, the report's first thing to look at.
@@ -45,6 +46,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.28
 BORDERLINE_MARGIN = 0.08  # 0.28 - 0.08 = 0.20, insightface's "likely the same person"
+# ``--demo``'s tiny recognizer (``demo/tiny_insightface.py``) is a random projection of pooled
+# pixels: different people share a common component and score 0.30-0.60, the same person
+# 0.96-1.0, so 0.28 would file every demo person as one. 0.8 separates them.
+DEMO_THRESHOLD = 0.8
+
+
+def default_threshold(demo: bool) -> float:
+    """The threshold used when ``--threshold`` is not given: the demo recognizer's or real ArcFace's."""
+    return DEMO_THRESHOLD if demo else DEFAULT_THRESHOLD
 MODES = ("symlink", "hardlink", "copy")
 REPORT_JSON = "group_report.json"
 REPORT_TEXT = "group_report.txt"

@@ -3,8 +3,8 @@
 Why one list: the generator script, the tests and the README all mean the same files.
 ``workflows/api/<name>.json`` is the source (hand-edited, runnable by ``python . run``);
 ``example_workflows/<name>.json`` is generated from it, with ``<name>.jpg`` beside it:
-the thumbnail, made from a demo run of the workflow (``scripts/make_workflows.py
---thumbnails``).
+the thumbnail, a labelled schematic of the workflow (``scripts/make_workflows.py
+--thumbnails``, drawn by ``scripts/thumbnail_art.py``).
 
 Why only there: ComfyUI's template browser lists ``*.json`` directly inside a pack's
 ``example_workflows/``, ``example/``, ``examples/``, ``workflow/`` and ``workflows/``
@@ -45,7 +45,7 @@ def thumbnail_path(name: str, root: Path = PACK_ROOT) -> Path:
 
 
 def api_digest(name: str, root: Path = PACK_ROOT) -> str:
-    """What a thumbnail was made from: a hash of the API file (stored in the JPEG's comment)."""
+    """A hash of the API file; a thumbnail's JPEG comment records it (with the drawing code's)."""
     import hashlib
 
     return hashlib.sha256(api_path(name, root).read_bytes()).hexdigest()[:16]

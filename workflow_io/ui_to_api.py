@@ -8,13 +8,16 @@ the way both the 2024 and the current editor do (one widget per INT/FLOAT/STRING
 BOOLEAN/combo input, required then optional, an extra ``control_after_generate`` value
 after seed widgets and an ``upload`` value for image-upload nodes), and
 :func:`ui_to_api` follows links through Reroute and bypassed nodes, drops muted nodes,
-skips Notes and takes a Primitive node's value into the widget it drives.
+skips Notes and takes a Primitive node's value into the widget it drives. Subgraphs
+(blueprints) are flattened first, as the editor does (``subgraphs.py``).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+
+from .subgraphs import flatten_subgraphs
 
 log = logging.getLogger(__name__)
 
@@ -108,25 +111,38 @@ def widget_values_by_name(node_class: Any, values: Any) -> dict[str, Any]:
     return out
 
 
-def _links_by_id(workflow: Mapping) -> dict[int, tuple[int, int, int, int, str]]:
+def _links_by_id(workflow: Mapping) -> dict[int, tuple[str, int, str, int, str]]:
     links = {}
     for link in workflow.get("links") or []:
         try:
             if isinstance(link, dict):  # schema version 1
                 link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
                         link.get("type")]
-            links[int(link[0])] = (int(link[1]), int(link[2]), int(link[3]), int(link[4]), link[5])
+            links[int(link[0])] = (_id_text(link[1]), int(link[2]), _id_text(link[3]), int(link[4]), link[5])
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ValueError(f"link {str(link)[:80]} is malformed ({type(exc).__name__}: {exc}); the workflow "
                              f"file is damaged, open it in the editor and save it again") from None
     return links
 
 
-def _node_id(node: Mapping) -> int:
+def _id_text(value: Any) -> str:
+    """A node id as the prompt names it: ``"7"``, or ``"12:3"`` for a node inside subgraph instance 12."""
+    text = str(value)
+    if isinstance(value, bool) or not all(part.lstrip("-").isdigit() for part in text.split(":")):
+        raise ValueError(f"node id {value!r} is not a number")
+    return str(int(text)) if ":" not in text else text
+
+
+def _node_id(node: Mapping) -> str:
     try:
-        return int(node["id"])
+        return _id_text(node["id"])
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"a node without a numeric id ({str(node)[:80]}); the workflow file is damaged") from None
+
+
+def id_order(node_id: str) -> tuple[int, ...]:
+    """Sort key of prompt ids: ``"2" < "10" < "10:1" < "11"``."""
+    return tuple(int(part) for part in str(node_id).split(":"))
 
 
 def ui_to_api(workflow: Mapping, node_classes: Mapping[str, Any] | None = None,
@@ -144,18 +160,22 @@ def ui_to_api(workflow: Mapping, node_classes: Mapping[str, Any] | None = None,
         display_names = nodes.NODE_DISPLAY_NAME_MAPPINGS if display_names is None else display_names
     if not all(isinstance(n, dict) and isinstance(n.get("type"), str) for n in workflow.get("nodes") or []):
         raise ValueError("a node entry is not an object with a 'type'; the workflow file is damaged")
+    for definition in (workflow.get("definitions") or {}).get("subgraphs") or []:
+        if not all(isinstance(n, dict) and isinstance(n.get("type"), str) for n in definition.get("nodes") or []):
+            raise ValueError(f"subgraph '{definition.get('name')}': a node entry is not an object with a 'type'; "
+                             "the workflow file is damaged")
+    workflow = flatten_subgraphs(workflow)  # the editor's "Queue" sends the nodes inside subgraphs
     graph_nodes = {_node_id(n): n for n in workflow.get("nodes") or []}
-    subgraphs = {s.get("id") for s in (workflow.get("definitions") or {}).get("subgraphs") or []}
     missing = sorted({n["type"] for n in graph_nodes.values()
                       if n["type"] not in node_classes and n["type"] not in VIRTUAL_NODES})
     if missing:
-        nested = [t for t in missing if t in subgraphs or str(t).startswith("workflow")]
-        hint = " (subgraphs/group nodes: convert them back to nodes in the editor first)" if nested else ""
+        hint = " (group nodes: convert them back to nodes in the editor first)" if any(
+            str(t).startswith("workflow") for t in missing) else ""
         raise ValueError(f"the workflow uses node types that are not installed: {', '.join(missing)}{hint}")
     links = _links_by_id(workflow)
     resolve = _make_resolver(graph_nodes, links)
     prompt: dict[str, dict] = {}
-    for node_id in sorted(graph_nodes):
+    for node_id in sorted(graph_nodes, key=id_order):
         node = graph_nodes[node_id]
         if node["type"] in VIRTUAL_NODES or node.get("mode", 0) in (MUTED, BYPASSED):
             continue
@@ -176,7 +196,7 @@ def ui_to_api(workflow: Mapping, node_classes: Mapping[str, Any] | None = None,
     return prompt
 
 
-def _make_resolver(graph_nodes: Mapping[int, dict], links: Mapping[int, tuple]) -> Callable[[int, Any], Any]:
+def _make_resolver(graph_nodes: Mapping[str, dict], links: Mapping[int, tuple]) -> Callable[[int, Any], Any]:
     """``resolve(link_id, wanted_type)``: ``[origin_id, slot]``, a literal, or None (input dropped)."""
 
     def resolve(link_id: int, wanted: Any) -> Any:
@@ -206,7 +226,7 @@ def _make_resolver(graph_nodes: Mapping[int, dict], links: Mapping[int, tuple]) 
             elif origin["type"] in VIRTUAL_NODES:
                 return None
             else:
-                return [str(origin_id), origin_slot]
+                return [origin_id, origin_slot]
             if next_link is None:
                 return None
             link_id = int(next_link)  # a non-number is reported by the caller with the input's name
