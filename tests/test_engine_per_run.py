@@ -15,7 +15,7 @@ import torch
 import comfy.model_management as mm
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.model_patch import run as run_module
-from infinite_id.model_patch.install import per_call_wrapper, apply_patch, find_patch
+from infinite_id.model_patch.install import apply_patch, find_patch, per_call_wrapper
 from infinite_id.model_patch.run import RunState
 from infinite_id.model_patch.settings import PatchSettings
 from infinite_id.nodes.sampler import InfiniteIDSampler
