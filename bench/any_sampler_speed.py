@@ -28,7 +28,8 @@ from dual_stream_speed import _boot, build  # noqa: E402  (bench/, after the pat
 
 def deviation(got, want) -> str:
     diff = (got.double() - want.double()).abs()
-    return f"max {float(diff.max() / want.double().abs().max()):.3g}, mean {float(diff.mean() / want.double().abs().mean()):.3g}"
+    largest, mean = float(diff.max() / want.double().abs().max()), float(diff.mean() / want.double().abs().mean())
+    return f"max {largest:.3g}, mean {mean:.3g}"
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ a cross-attention replacement plus the per-call wrapper, all sharing one
 ``DualStreamPatch`` (adapter, identity, settings). On hosts with keyed wrappers
 (``comfy.patcher_extension``) the per-call wrapper is a keyed ``APPLY_MODEL`` wrapper and
 a keyed ``OUTER_SAMPLE`` wrapper turns every sampling of the MODEL into the dual-stream
-run (``sampling/outer.py``); older hosts get the single ``model_function_wrapper`` slot. Nothing heavy is stored in ``model_options``: the adapter
-weights stay where the adapter loader put them and are read once per run.
+run (``sampling/outer.py``); older hosts get the single ``model_function_wrapper`` slot.
+Nothing heavy is stored in ``model_options``: the adapter weights stay where the adapter
+loader put them and are read once per run.
 
 ``check_before_sampling`` runs when a sampler starts: nodes applied after
 ``InfiniteIDApply`` that would silently switch part of the method off are refused there,

@@ -19,8 +19,11 @@ from ..host import compat
 from ..model_patch.install import DualStreamPatch, check_before_sampling, find_patch
 from ..model_patch.run import RunState
 from ..model_patch.wrapper import RUN_KEY
-from .streams import (NOISE_MODES, REQUEST_KEY, RunRequest, check_latent, check_result, check_rows, paired_sampler,  # noqa: F401
-                      plan_streams, shares_noise)
+from .streams import (NOISE_MODES, REQUEST_KEY, RunRequest, check_latent, check_result, check_rows,
+                      paired_sampler, plan_streams, shares_noise)
+
+__all__ = ["NOISE_MODES", "RunRequest", "StreamLatents", "check_model", "prepare_run", "sample_dual_stream",
+           "with_request"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,8 @@ def sample_dual_stream(model: Any, seed: int, steps: int, cfg: float, sampler_na
     check_latent(latent["samples"], node)
     latent_image = compat.fix_empty_latent_channels(model, latent["samples"])
     patch = check_model(model, latent_image.shape[0], node)
+    if latent_image.shape[0] == 1 and patch.identity.batch > 1:  # a sweep from a one-row latent: a row each
+        latent_image = latent_image.expand(patch.identity.batch, -1, -1, -1)
     batch_index = latent.get("batch_index")
     request = RunRequest(node=node, batch_noise=batch_noise, batch_index=batch_index)
     noise = door_noise(latent_image, seed, batch_index,
