@@ -169,7 +169,9 @@ def paired_sampler(sampler: Any, plan: RowPlan, node: str) -> Any:
     """Wrap a ComfyUI ``KSAMPLER`` so per-step noise is drawn as core would draw it for
     ``plan.noise_rows`` rows alone and given to both streams.
 
-    A sampler that is not a ``KSAMPLER``, or that brings its own noise sampler, may draw
+    Inpaint re-noising drawn for the whole batch (``inpaint_options`` ``random``: ddim)
+    is paired the same way. A sampler that is not a ``KSAMPLER``, or that brings its own
+    noise sampler, may draw
     per-step noise Infinite-ID cannot pair: it is refused before sampling.
     """
     import comfy.samplers
@@ -180,16 +182,22 @@ def paired_sampler(sampler: Any, plan: RowPlan, node: str) -> Any:
             "streams the same per-step noise. Use a core sampler (KSamplerSelect, or KSampler's sampler_name).")
     function = sampler.sampler_function
     kind = compat.noise_sampler_kind(function)
-    if kind is None:
+    # Samplers such as ddim re-noise an inpaint mask's kept area with their own draw for
+    # the whole batch: the text rows take the identity rows' draw instead.
+    random_inpaint = bool(sampler.inpaint_options.get("random"))
+    if kind is None and not random_inpaint:
         return sampler
-    if sampler.extra_options.get("noise_sampler") is not None:
+    if kind is not None and sampler.extra_options.get("noise_sampler") is not None:
         raise ValueError(
             f"{node}: sampler: it brings its own per-step noise sampler, which would draw different noise for the "
             "identity and the text stream. Use the sampler without a custom noise sampler.")
     gpu_tree = getattr(function, "__name__", "").endswith("_gpu")
 
     def sample_both_streams(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-        if options.get("noise_sampler") is None:
+        inpaint_noise = getattr(model, "noise", None)
+        if random_inpaint and inpaint_noise is not None and inpaint_noise.shape[0] == x.shape[0]:
+            model.noise = plan.stack(inpaint_noise[:plan.identity_rows])
+        if kind is not None and options.get("noise_sampler") is None:
             seed = (extra_args or {}).get("seed")
             single = compat.host_noise_sampler(kind, x[:plan.noise_rows], sigmas, seed, gpu_tree)
             options["noise_sampler"] = lambda sigma, sigma_next: plan.per_step(single(sigma, sigma_next))
