@@ -82,7 +82,10 @@ def main() -> None:
         runs["core KSampler + EasyCache, patched MODEL"] = ksampler(easycache(patched))
 
     clock = time.process_time if mm.get_torch_device().type == "cpu" else time.perf_counter
-    outputs, times = {}, {name: [] for name in runs}
+    outputs, times, evaluations = {}, {name: [] for name in runs}, {name: 0 for name in runs}
+    calls = [0]  # U-Net evaluations that really ran (a skipped step returns before the input convolution)
+    model.model.diffusion_model.input_blocks[0][0].register_forward_pre_hook(
+        lambda module, inputs: calls.__setitem__(0, calls[0] + 1))
     with torch.inference_mode():
         n["steps"] = 1
         for run in runs.values():  # warm-up: loading, kernels, caches
@@ -90,19 +93,20 @@ def main() -> None:
         n["steps"] = args.steps
         for _ in range(args.repeats):
             for name, run in runs.items():
-                start = clock()
+                start, calls[0] = clock(), 0
                 outputs[name] = run()
                 times[name].append(clock() - start)
+                evaluations[name] = calls[0]
     base = statistics.median(times["core KSampler, plain SDXL"])
     print(f"# {info.describe()}")
     print(f"# {mm.get_torch_device()}; torch threads {torch.get_num_threads()}; model {args.model}; "
           f"{args.size}x{args.size}; {args.steps} steps {args.sampler}; cfg {cfg}; median of {args.repeats}; "
           f"{'process CPU time' if clock is time.process_time else 'wall time'}; EasyCache threshold "
           f"{args.reuse_threshold}, {args.start_percent}-{args.end_percent}")
-    print(f"{'run':44s} {'seconds':>8s} {'ratio':>6s}")
+    print(f"{'run':44s} {'seconds':>8s} {'ratio':>6s} {'U-Net calls':>11s}")
     for name in runs:
         t = statistics.median(times[name])
-        print(f"{name:44s} {t:8.2f} {t / base:6.2f}")
+        print(f"{name:44s} {t:8.2f} {t / base:6.2f} {evaluations[name]:11d}")
     print("patched KSampler vs InfiniteID Sampler: "
           + deviation(outputs["core KSampler, patched MODEL"], outputs["InfiniteID Sampler"]))
     if EasyCacheNode is not None:
