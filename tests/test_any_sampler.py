@@ -223,15 +223,26 @@ def test_sampler_custom_advanced_with_core_guiders(tiny_unet, patched):
 # ----------------------------------------------------------------------------- patched vs unpatched
 
 @needs_keyed
-def test_patched_differs_and_weight_zero_without_lora_equals_unpatched(tiny_unet, adapter):
+def test_patched_differs_and_weight_zero_without_lora_equals_unpatched(tiny_unet):
+    """With an adapter that carries a U-Net LoRA (FaceID-Plus-v2's layout): only weight 0
+    and lora_strength 0 together give the unpatched model's KSampler result."""
+    from infinite_id.adapter.loader import load_adapter_state
+    from infinite_id.unet.layers import SDXL_LAYERS
+    from infinite_id.unet.walk import cross_attention_widths
+    from test_adapter_formats import _nested, faceid_state
+
+    widths = [cross_attention_widths(tiny_unet.model.diffusion_model)[k][0] for k in SDXL_LAYERS]
+    with_lora = load_adapter_state(_nested(*faceid_state(widths, seed=4)))
+    assert with_lora.lora
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     unpatched = ksampler(tiny_unet, latent)
     settings = dict(attention_mode="mixed", cross_attention_merge=True, adain="off", start_percent=0.0,
                     end_percent=1.0, mix_start_percent=0.0, mix_end_percent=1.0, blocks="all")
-    for weight, lora, close in ((1.0, 1.0, False), (0.0, 0.0, True)):
-        model = InfiniteIDApply().apply(tiny_unet, adapter, random_identity(seed=2), weight=weight,
-                                        lora_strength=lora, **settings)[0]
-        assert (rel(ksampler(model, latent), unpatched) < TOL) == close
+    for weight, lora, close in ((1.0, 1.0, False), (0.0, 1.0, False), (1.0, 0.0, False), (0.0, 0.0, True)):
+        identity = random_identity(seed=2, token_dim=with_lora.token_dim)
+        model = InfiniteIDApply().apply(tiny_unet, with_lora, identity, weight=weight, lora_strength=lora,
+                                        **settings)[0]
+        assert (rel(ksampler(model, latent), unpatched) < TOL) == close, (weight, lora)
 
 
 # ----------------------------------------------------------------------------- the March-2024 tree
