@@ -307,3 +307,57 @@ def eager_weights():
         yield
     finally:
         memory.aimdo_enabled = True
+
+# ----------------------------------------------------------------------------- keyed wrappers
+
+def has_keyed_wrappers() -> bool:
+    """Hosts with ``comfy.patcher_extension`` (Dec 2024 on) chain keyed wrappers around
+    ``CFGGuider.outer_sample`` and ``BaseModel.apply_model``: every sampling of a MODEL
+    goes through them. Older hosts (the March-2024 tree) have only the single
+    ``model_function_wrapper`` slot."""
+    try:
+        import comfy.model_patcher
+        import comfy.patcher_extension as ext
+    except ImportError:
+        return False
+    kinds = getattr(ext, "WrappersMP", None)
+    return (kinds is not None and hasattr(kinds, "OUTER_SAMPLE") and hasattr(kinds, "APPLY_MODEL")
+            and hasattr(comfy.model_patcher.ModelPatcher, "add_wrapper_with_key"))
+
+
+def add_keyed_wrappers(model: Any, key: str, outer_sample: Callable, apply_model: Callable) -> None:
+    """Chain ``outer_sample`` around every sampling and ``apply_model`` around every model call."""
+    from comfy.patcher_extension import WrappersMP
+
+    model.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, key, outer_sample)
+    model.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key, apply_model)
+
+
+def keyed_wrappers(model: Any, kind: str, key: str) -> list:
+    """The wrappers of ``kind`` (``"outer_sample"``, ``"apply_model"``) a ModelPatcher holds under ``key``."""
+    return list(getattr(model, "wrappers", {}).get(kind, {}).get(key, []))
+
+
+def other_model_call_wrappers(model_options: dict, own_key: str) -> list[str]:
+    """Keys of other packs' wrappers around each model call (``APPLY_MODEL``,
+    ``DIFFUSION_MODEL``) in a sampling's ``model_options``: step caches such as core
+    EasyCache keep state per batch row there."""
+    wrappers = model_options.get("transformer_options", {}).get("wrappers", {})
+    found = []
+    for kind in ("apply_model", "diffusion_model"):
+        found += [str(key) for key, fns in wrappers.get(kind, {}).items() if key != own_key and fns]
+    return found
+
+
+def clone_model_options(model_options: dict) -> dict:
+    """A copy of ``model_options`` whose nested dicts can be changed for one sampling."""
+    import comfy.model_patcher
+
+    return comfy.model_patcher.create_model_options_clone(model_options)
+
+
+def is_ksampler(sampler: Any) -> bool:
+    """A core ``KSAMPLER`` (a k-diffusion style sampler function Infinite-ID can pair)."""
+    import comfy.samplers
+
+    return isinstance(sampler, comfy.samplers.KSAMPLER)

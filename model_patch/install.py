@@ -1,9 +1,13 @@
 """Installing the dual-stream patch on a ComfyUI ``ModelPatcher``, and checking it before sampling.
 
 ``apply_patch`` clones the model and sets, for every patched layer, a self-attention and
-a cross-attention replacement plus one U-Net wrapper, all sharing one ``DualStreamPatch``
-(adapter, identity, settings). Nothing heavy is stored in ``model_options``: the adapter
-weights stay where the adapter loader put them and are read once per run.
+a cross-attention replacement plus the per-call wrapper, all sharing one
+``DualStreamPatch`` (adapter, identity, settings). On hosts with keyed wrappers
+(``comfy.patcher_extension``) the per-call wrapper is a keyed ``APPLY_MODEL`` wrapper and
+a keyed ``OUTER_SAMPLE`` wrapper turns every sampling of the MODEL into the dual-stream
+run (``sampling/outer.py``); older hosts get the single ``model_function_wrapper`` slot.
+Nothing heavy is stored in ``model_options``: the adapter weights stay where the adapter
+loader put them and are read once per run.
 
 ``check_before_sampling`` runs when a sampler starts: nodes applied after
 ``InfiniteIDApply`` that would silently switch part of the method off are refused there,
@@ -22,7 +26,7 @@ from ..unet.layers import SDXL_LAYERS, LayerKey
 from ..unet.walk import cross_attention_widths
 from .replacements import CrossAttention, SelfAttention
 from .settings import PatchSettings
-from .wrapper import UnetWrapper
+from .wrapper import APPLY_KEY, ApplyModelWrapper, UnetWrapper
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +98,23 @@ def apply_patch(model: Any, adapter: Adapter, identity: Identity, settings: Patc
         patched.set_model_attn1_replace(SelfAttention(patch, key), *key)
         previous = attn2.get(key, attn2.get(key[:2]))
         patched.set_model_attn2_replace(CrossAttention(patch, key, previous), *key)
-    patched.set_model_unet_function_wrapper(UnetWrapper(patch, patched.model_options.get("model_function_wrapper")))
+    if compat.has_keyed_wrappers():
+        from ..sampling.outer import OuterSample  # the run code imports this module: import at use
+
+        compat.add_keyed_wrappers(patched, APPLY_KEY, OuterSample(patch), ApplyModelWrapper(patch))
+    else:
+        patched.set_model_unet_function_wrapper(UnetWrapper(patch, patched.model_options.get("model_function_wrapper")))
     patched.model_options["transformer_options"][PATCH_KEY] = patch
     compat.scale_memory_estimate(patched, MEMORY_FACTOR)
     return patched
+
+
+def per_call_wrapper(model: Any) -> Any:
+    """The per-call wrapper a patched ``ModelPatcher`` holds: keyed ``APPLY_MODEL`` or the slot's."""
+    if compat.has_keyed_wrappers():
+        found = compat.keyed_wrappers(model, "apply_model", APPLY_KEY)
+        return found[0] if found else None
+    return model.model_options.get("model_function_wrapper")
 
 
 def check_before_sampling(model: Any, node: str) -> DualStreamPatch:
@@ -108,10 +125,18 @@ def check_before_sampling(model: Any, node: str) -> DualStreamPatch:
                          "(which takes the adapter and the identity) before this sampler")
     after = "a node applied after 'InfiniteID Apply'"
     move = "Connect that node before 'InfiniteID Apply' (between the checkpoint and Apply), or remove it."
-    wrapper = model.model_options.get("model_function_wrapper")
-    if not (isinstance(wrapper, UnetWrapper) and wrapper.patch is patch):
-        raise ValueError(f"{node}: model: {after} replaced the U-Net wrapper Infinite-ID needs "
-                         f"({type(wrapper).__name__}), which would disable the identity stream. {move}")
+    if compat.has_keyed_wrappers():
+        # A later model_function_wrapper chains: it calls apply_model, which runs the keyed wrappers.
+        ours = [w for w in compat.keyed_wrappers(model, "apply_model", APPLY_KEY)
+                if isinstance(w, ApplyModelWrapper) and w.patch is patch]
+        if len(ours) != 1:
+            raise ValueError(f"{node}: model: {after} removed or duplicated Infinite-ID's '{APPLY_KEY}' model wrapper "
+                             f"({len(ours)} found), which would disable the identity stream. {move}")
+    else:
+        wrapper = model.model_options.get("model_function_wrapper")
+        if not (isinstance(wrapper, UnetWrapper) and wrapper.patch is patch):
+            raise ValueError(f"{node}: model: {after} replaced the U-Net wrapper Infinite-ID needs "
+                             f"({type(wrapper).__name__}), which would disable the identity stream. {move}")
     replaced = model.model_options["transformer_options"].get("patches_replace", {})
     for name, ours in (("attn1", SelfAttention), ("attn2", CrossAttention)):
         table = replaced.get(name, {})

@@ -81,10 +81,17 @@ class RunState:
 
     ``identity_rows``: latent rows of the identity stream (``n``); ``text_rows``: rows of
     the text stream, ``n`` (one per identity row) or 1 (shared by all identity rows).
+    ``uuid_kinds``: condition uuid -> 0 (positive: the identity's cond tokens) or 1
+    (a negative-side prompt: uncond tokens), for guiders whose chunk order is not
+    (positive, negative), such as core DualCFGGuider's (negative, middle, positive).
+    ``constant_batch``: keep computing the text rows after the mixing window, so every
+    U-Net call has the same batch (other packs' per-call wrappers, such as core
+    EasyCache's step cache, keep state per row and would break on a batch that shrinks).
     """
 
     def __init__(self, patch: Any, model_sampling: Any, identity_rows: int, text_rows: int,
-                 device: torch.device, dtype: torch.dtype, latent_size: tuple[int, int] | None = None) -> None:
+                 device: torch.device, dtype: torch.dtype, latent_size: tuple[int, int] | None = None,
+                 constant_batch: bool = False, uuid_kinds: dict | None = None) -> None:
         if text_rows not in (identity_rows, 1):
             raise ValueError(f"text_rows must be {identity_rows} or 1, not {text_rows}")
         self.patch = patch
@@ -98,6 +105,8 @@ class RunState:
         self.identity_hi, self.identity_lo = window(s.start_percent, s.end_percent)
         self.mix_hi, self.mix_lo = window(s.mix_start_percent, s.mix_end_percent)
         self.text_stream = s.attention_mode != "off"
+        self.constant_batch = constant_batch
+        self.uuid_kinds = uuid_kinds or {}
         self.identity_on = s.weight != 0.0
         self._tables: dict[tuple[torch.device, torch.dtype], dict[LayerKey, KeysValues]] = {}
         self._primary = (torch.device(device), dtype)
@@ -121,9 +130,15 @@ class RunState:
         """Rows of one chunk in the sampler's batch (text rows are there even when mirrored)."""
         return self.identity_rows + self.text_rows
 
+    def kinds(self, cond_or_uncond: list, uuids: list | None) -> list:
+        """Each chunk's side (0 positive, 1 negative): by its condition's uuid where known."""
+        if not self.uuid_kinds or not uuids or len(uuids) != len(cond_or_uncond):
+            return cond_or_uncond
+        return [self.uuid_kinds.get(u, min(int(k), 1)) for u, k in zip(uuids, cond_or_uncond)]
+
     def text_needed(self, sigma: float) -> bool:
         """The text stream is computed from the first step until the mixing window ends."""
-        return self.text_stream and sigma >= self.mix_lo
+        return self.text_stream and (self.constant_batch or sigma >= self.mix_lo)
 
     def step(self, sigma: float, cond_or_uncond: list[int], text_computed: bool) -> StepState:
         layout = self.layout(tuple(cond_or_uncond), text_computed)

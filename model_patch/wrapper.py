@@ -1,4 +1,8 @@
-"""The ``model_function_wrapper`` that lays out both streams' rows for each U-Net call.
+"""The per-call wrapper that lays out both streams' rows for each U-Net call.
+
+On hosts with keyed wrappers it is an ``APPLY_MODEL`` wrapper (``ApplyModelWrapper``),
+chained with other packs' wrappers; on older hosts it takes the single
+``model_function_wrapper`` slot (``UnetWrapper``), chaining the one found there.
 
 The Infinite-ID samplers run a latent batch of identity rows followed by text rows, all
 from the same noise. ComfyUI batches conditions in chunks (cond, uncond, ...), each chunk
@@ -19,15 +23,76 @@ from .run import RunState, StepState
 
 RUN_KEY = "infinite_id_run"  # the RunState, set by the Infinite-ID samplers for a whole run
 
+APPLY_KEY = "infinite_id"  # the key of the pack's keyed wrappers (OUTER_SAMPLE, APPLY_MODEL)
+
 USE_THE_SAMPLER = (
-    "This MODEL carries the Infinite-ID patch, which needs two denoising streams. Sample it with "
-    "'InfiniteID Sampler' (a drop-in KSampler) or 'InfiniteID Guider' with SamplerCustomAdvanced; "
-    "a plain KSampler would silently run only half of the method."
+    "This MODEL carries the Infinite-ID patch, which needs two denoising streams, and this ComfyUI has no keyed "
+    "sampling wrappers (comfy.patcher_extension) to run them in a plain KSampler. Update ComfyUI (December 2024 or "
+    "later) to sample it with any sampler, or sample it with 'InfiniteID Sampler' (a drop-in KSampler); "
+    "a plain KSampler here would silently run only half of the method."
+)
+
+OUTSIDE_SAMPLING = (
+    "This MODEL carries the Infinite-ID patch, and its U-Net was called outside a ComfyUI sampling (not through "
+    "CFGGuider.sample, where Infinite-ID sets up its two streams). Sample it with a core sampler node, a guider, "
+    "comfy.sample, or 'InfiniteID Sampler'; code that calls the model directly needs the unpatched MODEL."
 )
 
 
+def lay_out_call(call: Callable, x: torch.Tensor, t: torch.Tensor, c: dict, kinds: list,
+                 missing_run: str) -> torch.Tensor:
+    """Per call: one sigma read, one layout look-up; per row block work happens in attention.
+
+    ``call(x, t, c)`` runs the model (or the next wrapper) on the rows given.
+    """
+    run: RunState | None = c.get("transformer_options", {}).get(RUN_KEY)
+    if run is None:
+        raise RuntimeError(missing_run)
+    kinds = run.kinds(kinds, c["transformer_options"].get("uuids"))
+    expected = len(kinds) * run.rows_per_chunk
+    if x.shape[0] != expected:
+        raise RuntimeError(
+            f"Infinite-ID expected {len(kinds)} chunk(s) of {run.rows_per_chunk} rows (identity + text stream) but "
+            f"the U-Net call has {x.shape[0]} rows. Another node changed the batch inside sampling; remove it "
+            "or apply it before InfiniteIDApply.")
+    sigma = float(t.max())
+    if run.text_needed(sigma):
+        state = run.step(sigma, kinds, text_computed=True)
+        return call(x, t, _with_state(c, state))
+    state = run.step(sigma, kinds, text_computed=False)
+    rows = run.identity_row_index(tuple(kinds), x.device)
+    sub_c = _with_state(_take_rows(c, rows, x.shape[0]), state)
+    out_id = call(x[rows], t[rows], sub_c)
+    return _mirror(out_id, run.layout(tuple(kinds), text_computed=True), run.identity_rows)
+
+
+class ApplyModelWrapper(_Replacement):
+    """Keyed ``APPLY_MODEL`` wrapper (hosts with ``comfy.patcher_extension``)."""
+
+    def __init__(self, patch: Any) -> None:
+        self.patch = patch
+
+    def __deepcopy__(self, memo: dict) -> "ApplyModelWrapper":
+        return self
+
+    def __call__(self, executor: Callable, x: torch.Tensor, t: torch.Tensor, c_concat: Any = None,
+                 c_crossattn: Any = None, control: Any = None, transformer_options: dict | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        c = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn, control=control,
+                 transformer_options=transformer_options or {})
+        kinds = c["transformer_options"].get("cond_or_uncond") or [0]
+
+        def call(x_, t_, c_):
+            rest = {k: v for k, v in c_.items()
+                    if k not in ("c_concat", "c_crossattn", "control", "transformer_options")}
+            return executor(x_, t_, c_["c_concat"], c_["c_crossattn"], c_["control"], c_["transformer_options"],
+                            **rest)
+
+        return lay_out_call(call, x, t, c, kinds, OUTSIDE_SAMPLING)
+
+
 class UnetWrapper(_Replacement):
-    """Per call: one sigma read, one layout look-up; per row block work happens in attention."""
+    """The ``model_function_wrapper`` of hosts without keyed wrappers (chains the one it replaced)."""
 
     def __init__(self, patch: Any, previous: Callable | None) -> None:
         self.patch, self.previous = patch, previous
@@ -37,24 +102,8 @@ class UnetWrapper(_Replacement):
 
     def __call__(self, apply_model: Callable, args: dict) -> torch.Tensor:
         x, t, c, kinds = args["input"], args["timestep"], args["c"], args["cond_or_uncond"]
-        run: RunState | None = c.get("transformer_options", {}).get(RUN_KEY)
-        if run is None:
-            raise RuntimeError(USE_THE_SAMPLER)
-        expected = len(kinds) * run.rows_per_chunk
-        if x.shape[0] != expected:
-            raise RuntimeError(
-                f"Infinite-ID expected {len(kinds)} chunk(s) of {run.rows_per_chunk} rows (identity + text stream) but "
-                f"the U-Net call has {x.shape[0]} rows. Another node changed the batch inside sampling; remove it "
-                "or apply it before InfiniteIDApply.")
-        sigma = float(t.max())
-        if run.text_needed(sigma):
-            state = run.step(sigma, kinds, text_computed=True)
-            return self._call(apply_model, x, t, _with_state(c, state), kinds)
-        state = run.step(sigma, kinds, text_computed=False)
-        rows = run.identity_row_index(tuple(kinds), x.device)
-        sub_c = _with_state(_take_rows(c, rows, x.shape[0]), state)
-        out_id = self._call(apply_model, x[rows], t[rows], sub_c, kinds)
-        return _mirror(out_id, run.layout(tuple(kinds), text_computed=True), run.identity_rows)
+        return lay_out_call(lambda x_, t_, c_: self._call(apply_model, x_, t_, c_, kinds), x, t, c, kinds,
+                            USE_THE_SAMPLER)
 
     def _call(self, apply_model, x, t, c, kinds):
         if self.previous is not None:

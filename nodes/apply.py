@@ -23,8 +23,9 @@ def _percent(default: float, tooltip: str) -> tuple:
 class InfiniteIDApply:
     DESCRIPTION = ("Patch an SDXL MODEL for Infinite-ID: the identity stream's self-attention mixes in the text "
                    "stream's keys and values (mixed attention), its cross-attention adds identity attention to text "
-                   "attention (merge), and AdaIN-mean carries the prompt's style. Sample the result with "
-                   "'InfiniteID Sampler' or 'InfiniteID Guider'.")
+                   "attention (merge), and AdaIN-mean carries the prompt's style. On current ComfyUI any sampler runs "
+                   "both streams on the result (KSampler, SamplerCustom, detailers); 'InfiniteID Sampler' also "
+                   "outputs the text latent, and is needed on ComfyUI older than December 2024.")
     CATEGORY = "InfiniteID"
     SEARCH_ALIASES = ["face id", "identity", "apply identity", "face swap", "personalize", "personalise",
                       "pulid", "instantid", "ipadapter face", "faceid", "photomaker", "infinite id"]

@@ -1,15 +1,18 @@
-"""A ``GUIDER`` that runs both Infinite-ID streams inside ``SamplerCustomAdvanced``.
+"""``InfiniteID Guider``'s door: a ``GUIDER`` for ``SamplerCustomAdvanced``.
 
-Only hosts newer than March 2024 have guiders; ``make_guider`` says so plainly on older
-ones.
+On hosts with keyed wrappers it is core's own ``CFGGuider`` on the patched MODEL with
+the guider's ``batch_noise`` as a ``RunRequest``: the MODEL's ``OUTER_SAMPLE`` wrapper
+runs both streams, as for any other sampling. Hosts with guiders but no keyed wrappers
+(April to November 2024) get a ``CFGGuider`` subclass that stacks the streams with the
+same row plan. The March-2024 tree has no guiders: ``make_guider`` says so plainly.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from ..host import compat
-from .dual_stream import (check_latent, check_model, check_result, paired_sampler, plan_rows, prepare_run,
-                          rows_identical, shares_noise)
+from .dual_stream import check_model, prepare_run, with_request
+from .streams import RunRequest, check_latent, check_result, paired_sampler, plan_streams, shares_noise
 
 NODE = "InfiniteIDGuider"
 
@@ -20,36 +23,26 @@ def _define_guider_class():
     import comfy.samplers
 
     class InfiniteIDCFGGuider(comfy.samplers.CFGGuider):
-        """CFG for both streams; returns the identity stream (SamplerCustomAdvanced has one
-        LATENT output; the text stream's image comes from InfiniteID Sampler)."""
+        """CFG for both streams on hosts without keyed wrappers; returns the identity stream
+        (SamplerCustomAdvanced has one LATENT output)."""
 
         def __init__(self, model_patcher: Any, batch_noise: str = "auto") -> None:
             super().__init__(model_patcher)
             self.patched_model = model_patcher
-            self.batch_noise = batch_noise
+            self.request = RunRequest(node=NODE, batch_noise=batch_noise)
 
         def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                    disable_pbar=False, seed=None, **kwargs):
             check_latent(latent_image, NODE)
             patch = check_model(self.patched_model, latent_image.shape[0], NODE)
-            if latent_image.shape[0] == 1 and patch.identity.batch > 1:  # a sweep from a one-row latent
-                latent_image = latent_image.expand(patch.identity.batch, -1, -1, -1)
-                noise = noise[:1].expand_as(latent_image)
-            n = latent_image.shape[0]
-            # The NOISE input drew the rows; "auto" shares when it drew one noise for all
-            # (LatentBatchSeedBehavior fixed) or when the identity holds several identities.
-            shared = shares_noise(self.batch_noise, patch.identity.batch, None, NODE) or (
-                self.batch_noise == "auto" and n > 1 and rows_identical(noise))
-            if shared:
-                noise = noise[:1].expand_as(latent_image)
-            plan = plan_rows(n, shared, latent_image, denoise_mask)
-            self.model_patcher = prepare_run(self.patched_model, n, plan.text_rows,
-                                            tuple(latent_image.shape[-2:]))
+            streams = plan_streams(patch, noise, latent_image, denoise_mask, self.request)
+            plan = streams.plan
+            self.model_patcher = prepare_run(self.patched_model, plan.identity_rows, plan.text_rows,
+                                             tuple(latent_image.shape[-2:]))
             self.model_options = self.model_patcher.model_options
-            if denoise_mask is not None and denoise_mask.shape[0] == n:
-                denoise_mask = plan.stack(denoise_mask)
-            samples = super().sample(plan.stack(noise), plan.stack(latent_image), paired_sampler(sampler, plan),
-                                     sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
+            samples = super().sample(streams.noise, streams.latent, paired_sampler(sampler, plan, NODE), sigmas,
+                                     streams.mask, callback, disable_pbar, seed, **kwargs)
+            n = plan.identity_rows
             check_result(samples[:n], NODE)
             return samples[:n]
 
@@ -61,9 +54,15 @@ def make_guider(model: Any, positive: list, negative: list, cfg: float, batch_no
     if not compat.has_guider():
         raise ValueError("this ComfyUI is too old for GUIDER objects (SamplerCustomAdvanced). Update ComfyUI, or use "
                          "'InfiniteID Sampler' instead.")
-    if _guider_class is None:
-        _guider_class = _define_guider_class()
-    guider = _guider_class(model, batch_noise)
+    import comfy.samplers
+
+    shares_noise(batch_noise, 1, None, NODE)  # refuse an unknown batch_noise now, not at sampling
+    if compat.has_keyed_wrappers():
+        guider = comfy.samplers.CFGGuider(with_request(model, RunRequest(node=NODE, batch_noise=batch_noise)))
+    else:
+        if _guider_class is None:
+            _guider_class = _define_guider_class()
+        guider = _guider_class(model, batch_noise)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     return guider

@@ -310,9 +310,16 @@ const [module, names, done] = arguments;
       const entry = [...document.querySelectorAll('[role=dialog] *')]
         .find(e => e.children.length === 0 && (e.innerText || '').trim() === module);
       if (entry) { entry.click(); await new Promise(r => setTimeout(r, 2500)); }
+      // Cards below the fold load their images lazily: bring each into view once.
+      for (const img of document.querySelectorAll('[role=dialog] img')) {
+        img.scrollIntoView({block: 'center'});
+        await new Promise(r => setTimeout(r, 400));
+      }
       const dialog = document.querySelector('[role=dialog]');
       cards = {text: dialog ? dialog.innerText : '',
                images: [...document.querySelectorAll('[role=dialog] img')].filter(i => i.complete && i.naturalWidth > 0).length};
+      const first = document.querySelector('[role=dialog] img');
+      if (first) { first.scrollIntoView({block: 'end'}); await new Promise(r => setTimeout(r, 400)); }
     }
     done({listed, thumbs, cards});
   } catch (e) { done({error: String((e && e.stack) || e)}); }

@@ -15,7 +15,7 @@ import torch
 import comfy.model_management as mm
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.model_patch import run as run_module
-from infinite_id.model_patch.install import apply_patch, find_patch
+from infinite_id.model_patch.install import apply_patch, find_patch, per_call_wrapper
 from infinite_id.model_patch.run import RunState
 from infinite_id.model_patch.settings import PatchSettings
 from infinite_id.nodes.sampler import InfiniteIDSampler
@@ -90,7 +90,7 @@ def test_patched_model_adds_no_model_to_the_memory_manager(tiny_unet):
     options = model.model_options
     objects = [*options["transformer_options"]["patches_replace"]["attn1"].values(),
                *options["transformer_options"]["patches_replace"]["attn2"].values(),
-               options["model_function_wrapper"]]
+               per_call_wrapper(model)]
     assert all(obj.models() == [] for obj in objects)
     if hasattr(model, "model_patches_models"):  # current hosts load these with the U-Net
         assert model.model_patches_models() == []

@@ -52,10 +52,22 @@ def test_infinite_id_pipeline_text_stream_equals_ksampler(runner):
     assert (identity - text).abs().max() / text.abs().max() > 1e-2  # the identity changes the image
 
 
-def test_patched_model_in_plain_ksampler_is_refused(runner):
+def test_patched_model_in_plain_ksampler(runner):
+    """Current hosts: the same identity latent as InfiniteID Sampler. Hosts without keyed
+    wrappers: refused, saying to update ComfyUI or use InfiniteID Sampler."""
+    from infinite_id.host import compat
+
     prompt = base_prompt()
     prompt.update(infinite_id_nodes())
     prompt["ks"] = {"class_type": "KSampler", "inputs": {"model": ["apply", 0], **sampler_inputs(steps=1)}}
     prompt["out"] = capture("ks", latent=["ks", 0])
-    with pytest.raises(PromptError, match="InfiniteID Sampler"):
-        runner.run(prompt)
+    if not compat.has_keyed_wrappers():
+        with pytest.raises(PromptError, match="Update ComfyUI .* or sample it with 'InfiniteID Sampler'"):
+            runner.run(prompt)
+        return
+    prompt["iid"] = {"class_type": "InfiniteIDSampler", "inputs": {"model": ["apply", 0], **sampler_inputs(steps=1)}}
+    prompt["out2"] = capture("iid", latent=["iid", 0])
+    got = runner.run(prompt)
+    plain, identity = got["ks"]["latent"]["samples"], got["iid"]["latent"]["samples"]
+    assert plain.shape == identity.shape == (1, 4, 16, 16)
+    assert (plain - identity).abs().max() / identity.abs().max() < 1e-5

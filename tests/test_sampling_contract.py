@@ -19,7 +19,7 @@ import comfy.model_management as mm
 import nodes
 from infinite_id.adapter.kv import IdentityKV
 from infinite_id.unet.layers import SDXL_LAYERS
-from infinite_id.model_patch.install import MEMORY_FACTOR, PatchSettings, apply_patch
+from infinite_id.model_patch.install import MEMORY_FACTOR, PatchSettings, apply_patch, per_call_wrapper
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.demo.tiny_sdxl import TINY_CONTEXT_DIM, TINY_POOLED_DIM, init_weights_, tiny_sdxl_unet_config
 from infinite_id.host.executor import capture
@@ -316,7 +316,7 @@ def test_applying_twice_points_to_mix(tiny_unet, adapter, identity):
 def _patch_kvs(model_patcher) -> list[IdentityKV]:
     options = model_patcher.model_options
     replaced = options["transformer_options"]["patches_replace"]
-    objects = [*replaced["attn1"].values(), *replaced["attn2"].values(), options["model_function_wrapper"]]
+    objects = [*replaced["attn1"].values(), *replaced["attn2"].values(), per_call_wrapper(model_patcher)]
     return [obj.patch.adapter.kv for obj in objects]
 
 

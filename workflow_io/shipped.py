@@ -21,7 +21,8 @@ from typing import Any, Mapping
 from .api_to_ui import api_to_ui
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ("raw_photo", "stylised_photo", "identity_mixing", "interpolation_sweep", "ablation_grid", "two_people")
+SHIPPED = ("raw_photo", "stylised_photo", "identity_mixing", "interpolation_sweep", "ablation_grid", "two_people",
+           "second_pass")
 # API-only files: programmatic examples that use demo nodes, no editor twin.
 API_ONLY = ("smoke_programmatic",)
 
