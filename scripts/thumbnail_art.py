@@ -157,9 +157,22 @@ def two_people(draw: ImageDraw.ImageDraw) -> None:
         _text(draw, (x + 68, 90), f"mask {person}", 16, (40, 40, 40))
 
 
+def second_pass(draw: ImageDraw.ImageDraw) -> None:
+    _title(draw, "Second pass, same person", "core KSampler · upscale · denoise 0.5")
+    _scene(draw, (20, 130, 130, 250), (120, 170, 220), (90, 120, 80))
+    _face(draw, (32, 140, 118, 250), "A", body=True)
+    _text(draw, (75, 270), "pass 1", 18, MUTED)
+    _arrow(draw, (142, 190), (192, 190))
+    _text(draw, (167, 160), "x1.5", 18, IDENTITY)
+    _scene(draw, (204, 70, 364, 300), (120, 170, 220), (90, 120, 80))
+    _face(draw, (220, 90, 348, 300), "A", body=True)
+    _text(draw, (284, 318), "hires pass", 18, MUTED)
+
+
 DRAWINGS: dict[str, Callable[[ImageDraw.ImageDraw], None]] = {
     "raw_photo": raw_photo, "stylised_photo": stylised_photo, "identity_mixing": identity_mixing,
     "interpolation_sweep": interpolation_sweep, "ablation_grid": ablation_grid, "two_people": two_people,
+    "second_pass": second_pass,
 }
 
 
