@@ -42,12 +42,12 @@ MODES = ("dynamic", "normal", "lowvram", "novram")
 # tests/test_engine_per_run.py last: under dynamic VRAM its first test outlasted the time
 # left on the first GPU run (2026-12-04), and a test stopped by --timeout ends its file.
 GPU_TESTS = ["tests/test_device.py", "tests/test_engine_dtypes.py", "tests/test_sampling_contract.py",
-             "tests/test_engine_per_run.py"]
+             "tests/test_any_sampler.py", "tests/test_engine_per_run.py"]
 TEST_TIMEOUT_S = 60  # per test, where pytest-timeout is installed (the GPU machine has it)
 # Partial loading (--lowvram, --novram) gets the tests whose models it moves: every dtype's
 # contract and keys/values on the call's device; the float32 contract runs under the two
 # full-loading managers (a device's time is minutes).
-PARTIAL_LOADING_TESTS = [GPU_TESTS[0], GPU_TESTS[1], GPU_TESTS[3]]
+PARTIAL_LOADING_TESTS = [GPU_TESTS[0], GPU_TESTS[1], GPU_TESTS[4]]
 DRY_TESTS = ["tests/test_device.py"]
 BENCH = ["--model", "sdxl", "--size", "1024", "--steps", "30", "--groups", "main,batch:4,sweep:11",
          "--repeats", "3", "--group-repeats", "1", "--warmup-steps", "1"]
