@@ -124,7 +124,7 @@ def test_references_point_at_files_of_this_repository():
     problems = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.suffix not in (".py", ".md", ".sh", ".txt", ".toml", ".js") or rel.startswith((".venv/", ".git/")) \
+        if path.suffix not in (".py", ".md", ".sh", ".txt", ".toml", ".js") or rel.startswith((".venv/", ".git/", ".device/")) \
                 or rel.startswith(_REWRITTEN_BY_LEAD) or not path.is_file():
             continue
         text = path.read_text(errors="ignore")
