@@ -19,6 +19,7 @@ with ``scripts/bootstrap.sh``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -128,15 +129,17 @@ def server_base(tmp_path_factory, frontend):
     return tmp_path_factory.mktemp(f"comfyui-{frontend}")
 
 
-@pytest.fixture(scope="module")
-def editor(host_info, server_base, frontend):
+@contextlib.contextmanager
+def editor_session(host_path, base, frontend: str, script_timeout: int, on_new_document: str | None = None):
+    """A real server for ``frontend`` and headless Chromium on its editor: ``(driver, url)``.
+
+    ``on_new_document``: a script run before the page's own (e.g. a console hook)."""
     chromium, driver_path = _browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    base = server_base
     extra = ["--front-end-root", str(NEWER_FRONTEND_ROOT)] if frontend != "pinned" else []
-    with comfy_server(host_info.path, base, base / "server.log", _workflow_files(), extra_args=extra) as url:
+    with comfy_server(host_path, base, base / "server.log", _workflow_files(), extra_args=extra) as url:
         _frontend_or_skip(url)
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
@@ -144,14 +147,22 @@ def editor(host_info, server_base, frontend):
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(driver_path), options=options)
         try:
-            driver.set_script_timeout(60)
+            driver.set_script_timeout(script_timeout)
             driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                    {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+            if on_new_document:
+                driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": on_new_document})
             driver.get(url)
             _wait_for_app(driver)
-            yield driver
+            yield driver, url
         finally:
             driver.quit()
+
+
+@pytest.fixture(scope="module")
+def editor(host_info, server_base, frontend):
+    with editor_session(host_info.path, server_base, frontend, script_timeout=60) as (driver, _):
+        yield driver
 
 
 def _frontend_or_skip(url: str) -> None:

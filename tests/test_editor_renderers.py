@@ -28,13 +28,13 @@ from pathlib import Path
 import pytest
 
 from blueprint_cases import CASES, ui_workflow
-from comfy_server import PACK_NAME, comfy_server
+from comfy_server import PACK_NAME
 from infinite_id.workflow_io.blueprints import blueprint_names, blueprint_path
 from infinite_id.workflow_io.shipped import PACK_ROOT, SHIPPED, ui_paths
 from infinite_id.workflow_io.ui_to_api import ui_to_api
-from test_editor import (CHROME_FLAGS, MISSING_WORDS, NEWER_FRONTEND, NEWER_FRONTEND_ROOT, TYPE_COLOURS,
-                         _browser_or_skip, _frontend_or_skip, _is_current_host, _same, _save_small_png,
-                         _wait_for_app, _workflow_files)
+from test_editor import (MISSING_WORDS, NEWER_FRONTEND, NEWER_FRONTEND_ROOT, TYPE_COLOURS,
+                         _is_current_host, _same, _save_small_png, _wait_for_app,
+                         editor_session)
 
 SCREENSHOTS = PACK_ROOT / "docs" / "screenshots"  # vue/ and canvas/ (frontend 1.58.1)
 # Where the editor looks for a custom node's help page (NodeHelpService): WEB_DIRECTORY/docs/<node>.md.
@@ -175,29 +175,9 @@ def frontend(request, host_info):
 
 @pytest.fixture(scope="module")
 def browser(host_info, frontend, tmp_path_factory):
-    chromium, driver_path = _browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     base = tmp_path_factory.mktemp(f"renderers-{frontend}")
-    extra = ["--front-end-root", str(NEWER_FRONTEND_ROOT)] if frontend != "pinned" else []
-    with comfy_server(host_info.path, base, base / "server.log", _workflow_files(), extra_args=extra) as url:
-        _frontend_or_skip(url)
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for flag in CHROME_FLAGS + (f"--user-data-dir={base / 'chromium-profile'}",):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(driver_path), options=options)
-        try:
-            driver.set_script_timeout(90)
-            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                   {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
-            driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _CONSOLE_HOOK})
-            driver.get(url)
-            _wait_for_app(driver)
-            yield driver, url
-        finally:
-            driver.quit()
+    with editor_session(host_info.path, base, frontend, script_timeout=90, on_new_document=_CONSOLE_HOOK) as session:
+        yield session
 
 
 def _switch(driver, vue: bool) -> None:
