@@ -6,11 +6,7 @@ in (``attend(q, k, v)``), so this module stays free of ComfyUI and testable alon
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 ATTENTION_MODES = ("mixed", "mutual", "off")
 ADAIN_MODES = ("off", "mean", "full")
@@ -64,17 +60,3 @@ def identity_self_attention_inputs(
     if mode == "mutual":
         return k_text, v_text
     return k_id, v_id
-
-
-def merge_cross_attention(text_out: torch.Tensor, image_out: torch.Tensor, weight: float, merge: bool) -> torch.Tensor:
-    """Combine text and image cross-attention outputs of the identity stream.
-
-    With ``merge`` (the paper's method) the two separately normalised attentions are
-    summed, the image part scaled by ``weight``. Without it (the ablation) the image
-    attention replaces the text one; ``weight`` then blends from text (0) to image
-    only (1), so weight 0 leaves the identity stream equal to the text stream in both
-    settings.
-    """
-    if merge:
-        return text_out + weight * image_out
-    return torch.lerp(text_out, image_out.to(text_out.dtype), weight)

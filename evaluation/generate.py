@@ -38,10 +38,6 @@ class Job:
         """Top level of the input folder: LoadImage lists only that level in older hosts."""
         return f"{PREFIX}_{self.identity.name}{self.identity.path.suffix.lower()}"
 
-    @property
-    def tag(self) -> str:
-        return safe_name(self.pair.key.replace("/", "__"))
-
 
 @dataclass(frozen=True)
 class Call:

@@ -28,13 +28,6 @@ def _run(result: Any) -> Any:
 
 # ----------------------------------------------------------------------------- nodes
 
-def load_custom_node(path: str) -> bool:
-    """Load a custom node folder with the host's own loader (``nodes.load_custom_node``)."""
-    import nodes
-
-    return bool(_run(nodes.load_custom_node(path)))
-
-
 # Core node files outside nodes.py that the pack's workflows use; a ComfyUI server loads
 # them itself, the headless runner and the tests load them here.
 CORE_EXTRAS = {"nodes_mask.py": "SolidMask"}
@@ -225,14 +218,6 @@ def host_noise_sampler(kind: str, template: torch.Tensor, sigmas: torch.Tensor, 
     return kds.default_noise_sampler(template)
 
 
-def guider_inner_sample_accepts_latent_shapes() -> bool:
-    """Newer hosts pass ``latent_shapes`` to ``CFGGuider.inner_sample``."""
-    import comfy.samplers
-
-    guider = getattr(comfy.samplers, "CFGGuider", None)
-    return guider is not None and "latent_shapes" in inspect.signature(guider.inner_sample).parameters
-
-
 # ----------------------------------------------------------------------------- model patching
 
 def scale_memory_estimate(model: Any, factor: float) -> None:
@@ -267,8 +252,6 @@ def transformer_residuals_in_place() -> bool:
     """The 2024 tree adds transformer residuals in place (``x += n``), which autograd
     cannot differentiate once ``x`` carries a gradient; newer hosts write ``x = n + x``.
     Training then has to recompute those blocks in the backward pass (checkpointing)."""
-    import inspect
-
     import comfy.ldm.modules.attention as attention
 
     block = attention.BasicTransformerBlock

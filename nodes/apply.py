@@ -1,7 +1,6 @@
 """``InfiniteIDApply``: patch a MODEL for dual-stream Infinite-ID inference."""
 from __future__ import annotations
 
-import math
 
 from ..adapter.lora import apply_adapter_lora
 from ..unet.layers import parse_block_list
@@ -71,8 +70,6 @@ class InfiniteIDApply:
     def apply(self, model, adapter, identity, weight, attention_mode, cross_attention_merge, adain,
               start_percent, end_percent, mix_start_percent, mix_end_percent, blocks, lora_strength=1.0):
         with node_error(NODE):
-            if not isinstance(lora_strength, (int, float)) or not math.isfinite(lora_strength):
-                raise ValueError(f"lora_strength: must be a finite number, not {lora_strength!r}")
             check_identity(identity, "identity")
             check_identity_adapter(identity, adapter)
             settings = PatchSettings(
