@@ -22,6 +22,6 @@ if __name__ == "__main__":
     bootstrap = _bootstrap()
     host = bootstrap.import_host()
     pack = bootstrap.load_pack()
-    from infinite_id.cli import main  # noqa: E402  (importable only once the pack is loaded)
+    from infinite_id.cli import main
 
     sys.exit(main(sys.argv[1:], host))

@@ -20,10 +20,10 @@ import logging
 import os
 
 from ..unet.layers import SDXL_LAYERS, adapter_layer_number
-from .model import Adapter
 from .detect import FACEID_PLUS_V2, NATIVE, Detected, UnsupportedAdapterError, detect_format
 from .faceid_plus import FaceIDPlusProjection, faceid_plus_config
 from .lora import extract_lora
+from .model import Adapter
 from .native import identity_kv_from_weights, load_native, module_from_state
 
 log = logging.getLogger(__name__)

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..unet.layers import SDXL_LAYERS, adapter_layer_number
-from .model import Adapter
 from .faceid_plus import ARCFACE_DIM, PerceiverStack
 from .kv import IdentityKV
+from .model import Adapter
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ all identity rows start from the same noise and conditioning).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 

@@ -48,9 +48,9 @@ def main() -> None:
 
     import comfy.ldm.modules.attention as attention
     import comfy.model_management as mm
+    import nodes
     import torch
 
-    import nodes
     from infinite_id.host import compat
     from infinite_id.model_patch.install import PatchSettings, apply_patch
     from infinite_id.sampling.dual_stream import sample_dual_stream

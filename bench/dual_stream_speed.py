@@ -19,8 +19,8 @@ against core at batch N). ``--json`` writes every figure for scripts (the GPU ch
 from __future__ import annotations
 
 import argparse
-import json
 import importlib.util
+import json
 import statistics
 import sys
 import threading
@@ -187,9 +187,9 @@ def main() -> None:
 def group_runs(name: str, count: int, args, model, adapter, identity, cond, neg, latent) -> dict:
     """The runs of one group, core KSampler first (the base of its ratios)."""
     import comfy.model_management as mm
+    import nodes
     import torch
 
-    import nodes
     from infinite_id.demo.tiny_identity import random_identity
     from infinite_id.host import compat
     from infinite_id.model_patch.install import PatchSettings, apply_patch

@@ -50,7 +50,7 @@ def main() -> int:
     from PIL import Image
 
     from infinite_id.cli.evaluate import DEFAULT_WORKFLOW
-    from infinite_id.cli.run import demo_photo, use_demo_models
+    from infinite_id.cli.run_workflow import demo_photo, use_demo_models
     from infinite_id.evaluation import generate, plan
     from infinite_id.evaluation.workflow import PairWorkflow
 

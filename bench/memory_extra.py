@@ -29,16 +29,16 @@ def child(run: str, size: int) -> dict:
     from dual_stream_speed import _boot
 
     _boot()
-    import psutil
-    import torch
-
     import comfy.ldm.modules.attention as attention
     import nodes
+    import psutil
+    import torch
+    from sdxl_random import PROPORTIONED, build_random_sdxl
+
     from infinite_id.demo.tiny_identity import random_identity
     from infinite_id.model_patch.install import apply_patch
     from infinite_id.model_patch.settings import PatchSettings
     from infinite_id.sampling.dual_stream import sample_dual_stream
-    from sdxl_random import PROPORTIONED, build_random_sdxl
 
     attention.optimized_attention = attention.attention_pytorch
     model, adapter = build_random_sdxl(torch.float32, proportioned=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-
 PROPORTIONED = {"model_channels": 96, "num_head_channels": 48, "context_dim": 640}
 
 
@@ -49,10 +48,10 @@ def build_random_sdxl(dtype: torch.dtype = torch.float16, seed: int = 0, proport
     import comfy.supported_models
 
     from infinite_id.adapter.kv import IdentityKV
+    from infinite_id.adapter.model import Adapter
     from infinite_id.host.compat import core_model_patcher_class, eager_weights
     from infinite_id.unet.layers import SDXL_LAYERS
     from infinite_id.unet.walk import cross_attention_widths
-    from infinite_id.adapter.model import Adapter
 
     device = mm.get_torch_device()
     config = comfy.supported_models.SDXL(sdxl_unet_config(proportioned))

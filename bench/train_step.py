@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dual_stream_speed import PeakMemory, _boot  # noqa: E402
+from dual_stream_speed import PeakMemory, _boot
 
 
 def proportioned_unet_config(scale: float = 0.3) -> dict:
@@ -261,21 +261,25 @@ def throughput(args, info) -> None:
 def count_flops(size: int, batch: int) -> None:
     """FLOPs of one training step (forward, recomputed forward with checkpointing, backward) of real-size SDXL."""
     import torch
+    from sdxl_random import sdxl_unet_config
     from torch.utils.flop_counter import FlopCounterMode
 
     from infinite_id.adapter.kv import IdentityKV
-    from infinite_id.training.objective import (TOKENS_KEY, IdentityCrossAttention, SelfAttention,
-                                                gradient_checkpointing)
+    from infinite_id.training.objective import (
+        TOKENS_KEY,
+        IdentityCrossAttention,
+        SdpaSelfAttention,
+        gradient_checkpointing,
+    )
     from infinite_id.unet.layers import SDXL_LAYERS
     from infinite_id.unet.walk import cross_attention_widths
-    from sdxl_random import sdxl_unet_config
 
     meta = torch.device("meta")
     patcher = build_from_config(sdxl_unet_config(), torch.bfloat16, device=meta)
     unet = patcher.model.diffusion_model.requires_grad_(False)
     widths = cross_attention_widths(unet)
     kv = IdentityKV(2048, [widths[k][0] for k in SDXL_LAYERS], dtype=torch.bfloat16, device=meta)
-    patches = {"attn1": {k: SelfAttention() for k in SDXL_LAYERS},
+    patches = {"attn1": {k: SdpaSelfAttention() for k in SDXL_LAYERS},
                "attn2": {k: IdentityCrossAttention(kv, k) for k in SDXL_LAYERS}}
     side = size // 8
     x = torch.zeros(batch, 4, side, side, device=meta, dtype=torch.bfloat16)

@@ -6,14 +6,14 @@ import argparse
 import logging
 from typing import Any
 
-from . import doctor, evaluate, run, train
+from . import doctor, evaluate, run_workflow, train
 
 
 def main(argv: list[str], host: Any) -> int:
     parser = argparse.ArgumentParser(prog="python <pack>", description="Infinite-ID for ComfyUI, without the server.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    run.add_parser(commands)
+    run_workflow.add_parser(commands)
     evaluate.add_parser(commands)
     train.add_parser(commands)
     doctor.add_parser(commands)

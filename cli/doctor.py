@@ -173,7 +173,7 @@ def _face_libraries(report: Report, target: str | None) -> None:
     lines = report.section("insightface and onnxruntime")
     insightface_version = _version("insightface")
     try:
-        import insightface.app  # noqa: F401
+        import insightface.app
 
         lines.append(f"insightface {insightface_version} imports ({os.path.dirname(insightface.__file__)})")
     except Exception as exc:  # noqa: BLE001 - ImportError or a broken install
@@ -228,9 +228,8 @@ def load_extra_model_paths(path: Path) -> list[tuple[str, str]]:
     so the doctor reads it the same way (``base_path``, relative paths, several lines per
     folder) and says which folders came from it.
     """
-    import yaml
-
     import folder_paths
+    import yaml
 
     added = []
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -318,8 +317,8 @@ def _adapter_kind(folder: str, file: str, report: Report) -> str:
     import folder_paths
 
     from ..adapter.detect import detect_format
+    from ..adapter.listing import is_identity_file
     from ..adapter.loader import read_metadata, read_state_dict
-    from ..nodes.adapter_loader import is_identity_file
 
     path = folder_paths.get_full_path(folder, file)
     if path is None:
@@ -339,8 +338,8 @@ def _workflows(report: Report) -> None:
 
     import nodes
 
+    from ..host.models import missing_models
     from ..workflow_io.shipped import SHIPPED, api_path
-    from .models import missing_models
 
     lines = report.section("shipped workflows")
     needed: dict[str, list[str]] = {}  # missing-file message -> workflows that need it

@@ -135,7 +135,7 @@ def _identities(args: argparse.Namespace, scratch: Path) -> list:
         raise ValueError("--identities: required (a folder with one photo per person)")
     from PIL import Image
 
-    from .run import demo_photo
+    from .run_workflow import demo_photo
 
     folder = scratch / "identities"
     folder.mkdir()
@@ -147,7 +147,7 @@ def _identities(args: argparse.Namespace, scratch: Path) -> list:
 def _generate(args, out: Path, identities, prompts, scratch: Path) -> list[str] | None:
     from ..evaluation import generate, plan
     from ..evaluation.workflow import PairWorkflow
-    from .run import use_demo_models
+    from .run_workflow import use_demo_models
 
     if args.batch < 1:
         raise ValueError(f"--batch: must be at least 1 (1 makes one pair per sampling call), got {args.batch}")
@@ -158,7 +158,7 @@ def _generate(args, out: Path, identities, prompts, scratch: Path) -> list[str] 
         if args.demo:
             use_demo_models(wf.base, scratch)  # loader swap and small sizes; its reference photos are not used
         elif not args.server:
-            from .models import missing_models
+            from ..host.models import missing_models
 
             missing = missing_models(wf.base)
             if missing:
@@ -200,7 +200,7 @@ def _scorer(args, out: Path):
     import folder_paths
 
     from ..evaluation import backbones
-    from ..evaluation.batch import Scorer
+    from ..evaluation.score_folder import Scorer
 
     added: list[tuple[str, str]] = []
     facenet_name, clip_name = args.facenet_model, args.clip_model
@@ -267,7 +267,7 @@ def _quality_module() -> Any:
 
 def _report(args, out: Path, images_root: Path, configs, identities, prompts, scorer) -> int:
     from ..evaluation import report
-    from ..evaluation.batch import score_images
+    from ..evaluation.score_folder import score_images
 
     scored = score_images(images_root, configs, identities, prompts, scorer,
                           progress=lambda n, total: log.info("scored %d/%d identity folders", n, total))

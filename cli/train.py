@@ -217,8 +217,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, dist: Any) -> int:
-    from ..training.cache import (CacheSettings, Preprocessor, build_cache, cached_uncond_clip, needs_models,
-                                  photo_keys)
+    from ..training.cache import CacheSettings, Preprocessor, build_cache, cached_uncond_clip, needs_models, photo_keys
     from ..training.dataset import scan_photo_folder
     from ..training.preview import Previewer
     from ..training.state import prepare_output
@@ -262,11 +261,27 @@ def _train(args: argparse.Namespace, dist: Any) -> int:
 
 
 def _group(args: argparse.Namespace, dist: Any) -> int:
-    from ..training.cache import CacheSettings, Preprocessor, cache_sources, cached_uncond_clip, source_keys
-    from ..training.cache import needs_models
-    from ..training.grouping import (BORDERLINE_MARGIN, REPORT_TEXT, check_grouping, check_libraries,
-                                     default_threshold, group_photos, place_photos, prepare_group_output, report,
-                                     scan_pile, write_report)
+    from ..training.cache import (
+        CacheSettings,
+        Preprocessor,
+        cache_sources,
+        cached_uncond_clip,
+        needs_models,
+        source_keys,
+    )
+    from ..training.grouping import (
+        BORDERLINE_MARGIN,
+        REPORT_TEXT,
+        check_grouping,
+        check_libraries,
+        default_threshold,
+        group_photos,
+        place_photos,
+        prepare_group_output,
+        report,
+        scan_pile,
+        write_report,
+    )
 
     check_libraries()
     threshold = default_threshold(args.demo) if args.threshold is None else args.threshold

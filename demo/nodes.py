@@ -17,7 +17,7 @@ from .tiny_sdxl import build_tiny_sdxl
 from .tiny_vae import build_tiny_vae
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _checkpoint(seed: int):
     return build_tiny_sdxl(seed), build_tiny_sdxl_clip(seed), build_tiny_vae(seed)
 
@@ -74,7 +74,7 @@ class InfiniteIDDemoAdapter:
         return (_adapter(seed),)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter(seed: int):
     return build_tiny_encoder_adapter(_checkpoint(0)[0], seed=seed)
 
@@ -115,7 +115,7 @@ class InfiniteIDDemoFaceAnalysis:
         return (_face_analysis(det_size),)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _face_analysis(det_size: int):
     import os
     import tempfile

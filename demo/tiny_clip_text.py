@@ -70,7 +70,7 @@ def tiny_text_configs() -> tuple[dict[str, Any], dict[str, Any]]:
     return clip_l, clip_g
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny_sdxl_clip_model_class() -> type:
     """``SDXLClipModel`` whose two encoders read tiny configs instead of the full-size ones.
 
@@ -114,7 +114,7 @@ def _tiny_sdxl_clip_model_class() -> type:
     return TinySDXLClipModel
 
 
-def build_tiny_sdxl_clip(seed: int = 0) -> "comfy.sd.CLIP":
+def build_tiny_sdxl_clip(seed: int = 0) -> comfy.sd.CLIP:
     """Return a real ``comfy.sd.CLIP`` around a tiny, seeded SDXL dual text encoder."""
     import comfy.sd
     import comfy.sdxl_clip

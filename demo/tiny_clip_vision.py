@@ -52,7 +52,7 @@ def tiny_clip_vision_tokens(config: dict[str, Any]) -> int:
     return (config["image_size"] // config["patch_size"]) ** 2 + 1
 
 
-def build_tiny_clip_vision(seed: int = 0) -> "comfy.clip_vision.ClipVisionModel":
+def build_tiny_clip_vision(seed: int = 0) -> comfy.clip_vision.ClipVisionModel:
     """Return a real ``comfy.clip_vision.ClipVisionModel`` with a tiny, seeded ViT."""
     import comfy.clip_vision
 

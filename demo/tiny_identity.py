@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from ..adapter.kv import IdentityKV
-from ..unet.layers import SDXL_LAYERS
-from ..unet.walk import cross_attention_widths
 from ..adapter.model import Adapter
 from ..identity.types import Identity
+from ..unet.layers import SDXL_LAYERS
+from ..unet.walk import cross_attention_widths
 from .tiny_sdxl import TINY_CONTEXT_DIM, init_weights_
 
 TINY_IDENTITY_TOKENS = 4

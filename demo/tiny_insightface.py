@@ -40,8 +40,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -193,13 +194,13 @@ def draw_face(
 
 
 # --- ONNX graph construction -------------------------------------------------------------
-def _const(name: str, array: np.ndarray) -> "onnx.TensorProto":
+def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
     from onnx import numpy_helper
 
     return numpy_helper.from_array(np.ascontiguousarray(array), name=name)
 
 
-def _finish(graph: "onnx.GraphProto", doc: str) -> "onnx.ModelProto":
+def _finish(graph: onnx.GraphProto, doc: str) -> onnx.ModelProto:
     """Wrap a graph with the fixed opset/IR version, and check it.
 
     Why: the IR and opset are pinned so that the files load in old onnxruntime builds
@@ -220,7 +221,7 @@ def _finish(graph: "onnx.GraphProto", doc: str) -> "onnx.ModelProto":
     return model
 
 
-def build_detector() -> "onnx.ModelProto":
+def build_detector() -> onnx.ModelProto:
     """The tiny SCRFD-style detector (see the module docstring for the encoding)."""
     from onnx import TensorProto, helper
 
@@ -290,7 +291,7 @@ def build_detector() -> "onnx.ModelProto":
     return _finish(graph, "Tiny SCRFD-compatible detector: a pure red 32x32 grid cell is a face.")
 
 
-def build_recognizer(seed: int = RECOGNIZER_SEED) -> "onnx.ModelProto":
+def build_recognizer(seed: int = RECOGNIZER_SEED) -> onnx.ModelProto:
     """The tiny ArcFace-style recognizer: 8x8 average pool, flatten, seeded projection.
 
     Node names avoid the ``Sub``/``Mul`` prefixes insightface looks for among the first

@@ -43,7 +43,7 @@ def tiny_vae_config() -> dict[str, Any]:
     return {"params": {"ddconfig": ddconfig, "embed_dim": TINY_VAE_LATENT_CHANNELS}}
 
 
-def build_tiny_vae(seed: int = 0) -> "comfy.sd.VAE":
+def build_tiny_vae(seed: int = 0) -> comfy.sd.VAE:
     """Return a real ``comfy.sd.VAE`` with a tiny, seeded AutoencoderKL."""
     import comfy.ldm.models.autoencoder
     import comfy.sd

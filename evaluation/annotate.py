@@ -6,7 +6,7 @@ none. The box shows which face was scored; an image without a face gets a red fr
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ between pairs exactly as in a server. Each image is moved into the plan's layout
 moment it exists (``plan.image_path``), so an interrupted run resumes where it stopped.
 
 Pairs of one configuration, prompt and seed are made ``batch`` at a time in one API
-prompt (a :class:`Call`, ``evaluation/batching.py``); each of its images is still
+prompt (a :class:`Call`, below; ``evaluation/batching.py`` builds its prompt); each of its images is still
 written atomically as its own pair, so resuming after a partly written batch batches
 only the missing pairs. A batch that runs out of memory is split in halves and the run
 goes on with the smaller size.
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
-from .plan import Identity, Pair, image_path, record, safe_name, write_atomic
+from .plan import Pair, ReferencePhoto, image_path, record, safe_name, write_atomic
 from .remote import Client, Outcome, PromptFailed, Task, out_of_memory, run_on_servers
 from .workflow import PREFIX, PairWorkflow
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Job:
     pair: Pair
-    identity: Identity
+    identity: ReferencePhoto
     text: str
     seed: int
 
@@ -63,7 +63,7 @@ class Call:
             tag = f"{tag[:MAX_TAG - 17]}_{hashlib.sha1(tag.encode()).hexdigest()[:16]}"
         return tag
 
-    def split(self, size: int) -> list["Call"]:
+    def split(self, size: int) -> list[Call]:
         size = max(1, size)
         return [Call(self.jobs[i:i + size]) for i in range(0, len(self.jobs), size)]
 

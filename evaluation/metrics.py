@@ -14,7 +14,7 @@ numbers. Nothing here knows ComfyUI, files or backbones: embeddings in, numbers 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch

@@ -13,9 +13,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.txt"
@@ -24,7 +24,12 @@ _NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
-class Identity:
+class ReferencePhoto:
+    """One person of an evaluation: a reference photo and the name its images are filed under.
+
+    Not the pack's ``identity.types.Identity`` (the encoded tokens): evaluation works on
+    files, and each workflow run encodes the photo itself."""
+
     name: str
     path: Path
 
@@ -55,7 +60,7 @@ def safe_name(text: str) -> str:
     return name or "unnamed"
 
 
-def load_identities(folder: Path) -> list[Identity]:
+def load_identities(folder: Path) -> list[ReferencePhoto]:
     """One photo per person: ``folder/<name>.png``, or ``folder/<name>/`` with photos (the first, by name)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -85,7 +90,7 @@ def load_identities(folder: Path) -> list[Identity]:
     if not found:
         raise ValueError(f"--identities: no identity photos in {folder} (expected {', '.join(IMAGE_SUFFIXES)} "
                          f"files, one per person, or one subfolder per person)")
-    return [Identity(name, path) for name, path in found.items()]
+    return [ReferencePhoto(name, path) for name, path in found.items()]
 
 
 def load_prompts(path: Path | None = None) -> list[str]:
@@ -135,7 +140,7 @@ def parse_configs(workflows: Sequence[Path], variants: Sequence[str], default: P
     return configs
 
 
-def pairs(configs: Iterable[Config], identities: Iterable[Identity], n_prompts: int) -> list[Pair]:
+def pairs(configs: Iterable[Config], identities: Iterable[ReferencePhoto], n_prompts: int) -> list[Pair]:
     """Every pair, identity-major within a configuration (a grid row is one identity)."""
     ids = list(identities)
     return [Pair(c.name, i.name, p) for c in configs for i in ids for p in range(n_prompts)]

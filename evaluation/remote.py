@@ -25,9 +25,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Task:
     build: Callable[[Client], tuple[dict, str]]
     deliver: Callable[[list[bytes], str], None]
     pairs: list[str] = field(default_factory=list)
-    split: Callable[[], list["Task"]] | None = None
+    split: Callable[[], list[Task]] | None = None
 
     def __post_init__(self) -> None:
         self.pairs = self.pairs or [self.key]

@@ -9,8 +9,9 @@ is flagged; its CLIP-T is still computed (it needs no face).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

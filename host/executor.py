@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from . import compat
+from .errors import InfiniteIDError
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,6 @@ class _QuietUserErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         import sys
-
-        from ..nodes.errors import InfiniteIDError
 
         if record.levelno < logging.ERROR or not isinstance(sys.exc_info()[1], InfiniteIDError):
             return True

@@ -19,6 +19,9 @@ FACENET = "facenet"
 LPIPS = "lpips"
 FID = "fid"
 IDENTITIES_SUBFOLDER = "identities"
+# The ``format`` entry of a saved identity's safetensors metadata (``identity/storage.py``);
+# here because the adapter room must recognise such files without importing identities.
+IDENTITY_FILE_FORMAT = "infinite-id-identity"
 
 _EXTENSIONS = {
     ADAPTERS: {".safetensors", ".bin"},

@@ -105,17 +105,16 @@ def import_host(force_cpu: bool | None = None) -> HostInfo:
     vram = vram_mode()
     if vram == "dynamic":
         _load_dynamic_vram_library()  # as main.py: before torch sets up its CUDA allocator
-    import torch
-
-    import comfy.options  # noqa: F401  (argument parsing stays off: args come from defaults)
     import comfy.cli_args
+    import comfy.options
+    import torch
 
     if force_cpu is None:
         force_cpu = not torch.cuda.is_available()
     if force_cpu:
         comfy.cli_args.args.cpu = True
     _set_vram_arguments(comfy.cli_args.args, vram)
-    import comfy.model_management  # noqa: F401  (reads args.cpu and the VRAM flags at import)
+    import comfy.model_management
     import folder_paths  # noqa: F401
     import nodes  # noqa: F401
 
@@ -162,11 +161,10 @@ def _load_dynamic_vram_library() -> None:
 
 def _enable_dynamic_vram() -> None:
     """What ComfyUI's main.py does when dynamic VRAM is on (NVIDIA, torch >= 2.8)."""
-    import comfy_aimdo.control
-
     import comfy.memory_management
     import comfy.model_management as mm
     import comfy.model_patcher
+    import comfy_aimdo.control
 
     devices = [d.index or 0 for d in mm.get_all_torch_devices()]
     try:

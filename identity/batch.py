@@ -14,7 +14,7 @@ their rows, in order: that is what lets batches be chained like core's ImageBatc
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..adapter.model import Adapter
 from .faces import CLIP_CROP_SIZE, FaceCrop, check_face_analysis, detection_sizes, find_face
 from .images import check_pixels, split_images, to_bgr_uint8
-from ..adapter.model import Adapter
 from .types import Identity, token_problem
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..host.folders import INSIGHTFACE, folder_paths_for
 

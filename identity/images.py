@@ -15,7 +15,8 @@ Value decisions (ComfyUI's IMAGE is float RGB in 0..1):
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -18,12 +18,12 @@ import re
 
 import torch
 
-from ..host.folders import identities_folder
+from ..host.folders import IDENTITY_FILE_FORMAT, identities_folder
 from .types import Identity, check_identity, token_problem
 
 log = logging.getLogger(__name__)
 
-FORMAT = "infinite-id-identity"
+FORMAT = IDENTITY_FILE_FORMAT
 VERSION = "1"
 REGIONAL_VERSION = "2"
 EXTENSION = ".safetensors"
@@ -130,7 +130,7 @@ def load_identity(name: str, folder: str | None = None) -> Identity:
         with safe_open(path, framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged or foreign file
+    except Exception as exc:
         raise ValueError(f"identity_name: '{name}' is not a readable safetensors file ({exc})") from exc
     if metadata.get("format") != FORMAT:
         raise ValueError(f"identity_name: '{name}' is not an Infinite-ID identity file (format "
@@ -162,7 +162,7 @@ def load_identity(name: str, folder: str | None = None) -> Identity:
 
 
 def _load_regions(name: str, metadata: dict, tensors: dict) -> tuple:
-    from .regions import Region, check_mask
+    from .regional import Region, check_mask
 
     try:
         entries = json.loads(metadata["regions"])

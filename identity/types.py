@@ -26,7 +26,7 @@ def token_problem(tokens: torch.Tensor) -> str | None:
     return None
 
 
-def regions_problem(identity: "Identity") -> str | None:
+def regions_problem(identity: Identity) -> str | None:
     """Why an identity's regions do not describe its tokens (spans must tile the token axis), or ``None``."""
     regions = identity.regions
     if not regions:
@@ -61,7 +61,7 @@ def recorded(info: Any, key: str) -> set[str]:
 
 
 
-def recorded_adapters(identity: "Identity") -> tuple[set[str], set[str]]:
+def recorded_adapters(identity: Identity) -> tuple[set[str], set[str]]:
     """The adapter formats (the demo's left out: it fits any) and file names an identity was made with."""
     return recorded(identity.info, "adapter_format") - {"demo"}, recorded(identity.info, "adapter")
 
@@ -71,7 +71,7 @@ class Identity:
 
     ``cond`` and ``uncond`` are ``[n, tokens, dim]``: ``n`` identities (1 for one person;
     more for an interpolation sweep, one per latent row). ``regions``: empty, or one
-    ``identity.regions.Region`` per person of a regional identity. ``features`` keeps the raw
+    ``identity.regional.Region`` per person of a regional identity. ``features`` keeps the raw
     inputs they came from (ArcFace embedding, CLIP hidden states) so identities can be
     re-mapped or blended upstream of the mappers.
     """
@@ -80,7 +80,7 @@ class Identity:
     uncond: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    regions: tuple = ()  # identity/regions.py: one Region per person, each with a token span and a mask
+    regions: tuple = ()  # identity/regional.py: one Region per person, each with a token span and a mask
 
     def __post_init__(self) -> None:
         if self.cond.dim() != 3 or self.cond.shape != self.uncond.shape:

@@ -5,7 +5,7 @@ a cross-attention replacement plus the per-call wrapper, all sharing one
 ``DualStreamPatch`` (adapter, identity, settings). On hosts with keyed wrappers
 (``comfy.patcher_extension``) the per-call wrapper is a keyed ``APPLY_MODEL`` wrapper and
 a keyed ``OUTER_SAMPLE`` wrapper turns every sampling of the MODEL into the dual-stream
-run (``sampling/outer.py``); older hosts get the single ``model_function_wrapper`` slot.
+run (``model_patch/outer_sample.py``); older hosts get the single ``model_function_wrapper`` slot.
 Nothing heavy is stored in ``model_options``: the adapter weights stay where the adapter
 loader put them and are read once per run.
 
@@ -23,8 +23,8 @@ from ..adapter.model import Adapter
 from ..host import compat
 from ..identity.types import Identity, recorded_adapters
 from ..unet.layers import SDXL_LAYERS, LayerKey
-from ..unet.walk import cross_attention_widths
-from .replacements import CrossAttention, SelfAttention
+from ..unet.walk import sdxl_widths
+from .replacements import CrossAttentionPatch, SelfAttentionPatch
 from .settings import PatchSettings
 from .wrapper import APPLY_KEY, ApplyModelWrapper, UnetWrapper
 
@@ -48,7 +48,7 @@ class DualStreamPatch:
     settings: PatchSettings
     layers: tuple[LayerKey, ...]
 
-    def __deepcopy__(self, memo: dict) -> "DualStreamPatch":
+    def __deepcopy__(self, memo: dict) -> DualStreamPatch:
         return self
 
 
@@ -72,11 +72,10 @@ def apply_patch(model: Any, adapter: Adapter, identity: Identity, settings: Patc
         raise ValueError(
             f"identity: its tokens are {identity.cond.shape[-1]}-d but the adapter '{adapter.name}' expects "
             f"{adapter.token_dim}-d: encode the identity with the adapter you apply")
-    widths = cross_attention_widths(model.model.diffusion_model)
-    missing = [key for key in SDXL_LAYERS if key not in widths]
-    if missing:
-        raise ValueError(f"model: not SDXL-shaped: {len(missing)} of SDXL's 70 cross-attention layers are missing "
-                         f"(first: {missing[0]}). Infinite-ID adapters are for SDXL models.")
+    try:
+        widths = sdxl_widths(model.model.diffusion_model)
+    except ValueError as exc:
+        raise ValueError(f"model: {exc}") from None
     wrong = [key for i, key in enumerate(SDXL_LAYERS) if widths[key][0] != adapter.kv.to_k[i].out_features]
     if wrong:
         key = wrong[0]
@@ -95,11 +94,11 @@ def apply_patch(model: Any, adapter: Adapter, identity: Identity, settings: Patc
     patch = DualStreamPatch(adapter=adapter, identity=identity, settings=settings, layers=layers)
     attn2 = existing.get("attn2", {})
     for key in layers:
-        patched.set_model_attn1_replace(SelfAttention(patch, key), *key)
+        patched.set_model_attn1_replace(SelfAttentionPatch(patch, key), *key)
         previous = attn2.get(key, attn2.get(key[:2]))
-        patched.set_model_attn2_replace(CrossAttention(patch, key, previous), *key)
+        patched.set_model_attn2_replace(CrossAttentionPatch(patch, key, previous), *key)
     if compat.has_keyed_wrappers():
-        from ..sampling.outer import OuterSample  # the run code imports this module: import at use
+        from .outer_sample import OuterSample  # outer_sample imports this module: import at use
 
         compat.add_keyed_wrappers(patched, APPLY_KEY, OuterSample(patch), ApplyModelWrapper(patch))
     else:
@@ -138,7 +137,7 @@ def check_before_sampling(model: Any, node: str) -> DualStreamPatch:
             raise ValueError(f"{node}: model: {after} replaced the U-Net wrapper Infinite-ID needs "
                              f"({type(wrapper).__name__}), which would disable the identity stream. {move}")
     replaced = model.model_options["transformer_options"].get("patches_replace", {})
-    for name, ours in (("attn1", SelfAttention), ("attn2", CrossAttention)):
+    for name, ours in (("attn1", SelfAttentionPatch), ("attn2", CrossAttentionPatch)):
         table = replaced.get(name, {})
         foreign = [key for key in patch.layers
                    if not (isinstance(table.get(key), ours) and table[key].patch is patch)]

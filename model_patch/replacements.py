@@ -1,13 +1,13 @@
 """The objects ComfyUI stores in ``model_options``: attention replacements and their stacking.
 
-``SelfAttention`` and ``CrossAttention`` are the ``attn1``/``attn2`` replacements of one
+``SelfAttentionPatch`` and ``CrossAttentionPatch`` are the ``attn1``/``attn2`` replacements of one
 transformer layer; all they do per call is look up the call's ``StepState`` and hand
 views of ``q``, ``k``, ``v`` to ``attention/rows.py``.
 
 Other face packs (cubiq's IPAdapter, InstantID, PuLID) stack on an existing ``attn2``
 replacement by calling ``.add(callback, **kwargs)`` on it; each callback is later called
 as ``callback(out, q, k, v, extra_options, **kwargs)`` and its result added to the
-layer's output while ``sigma_end <= sigma <= sigma_start``. ``CrossAttention.add``
+layer's output while ``sigma_end <= sigma <= sigma_start``. ``CrossAttentionPatch.add``
 honours that protocol without the packs' own flaw: their ``add`` mutates an object that
 every clone of the model shares, so the callback leaks into other branches of the graph.
 Here ``add`` puts a new replacement holding the callback into the model that is being
@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -44,27 +45,30 @@ def attend_with(extra: dict) -> Callable:
     return attend
 
 
-class _Replacement:
-    """Shared between clones (never deep-copied); weights live nowhere near here."""
+class PatchObject:
+    """Base of every object the patch stores in ``model_options`` (attention replacements,
+    per-call wrappers): ComfyUI calls ``to`` and ``models`` on such objects when it moves
+    or loads the model. They are shared between clones (never deep-copied) and hold no
+    weights, so there is nothing to move and no model to load."""
 
     patch: Any
 
-    def to(self, *args: Any, **kwargs: Any) -> "_Replacement":
+    def to(self, *args: Any, **kwargs: Any) -> PatchObject:
         """ComfyUI's ``model_patches_to``: nothing to move (keys/values are per run)."""
         return self
 
     def models(self) -> list:
-        """No model for ComfyUI to load (see ``model_patch/run.py``)."""
+        """No model for ComfyUI to load (see ``model_patch/run_state.py``)."""
         return []
 
 
-class SelfAttention(_Replacement):
+class SelfAttentionPatch(PatchObject):
     """``attn1`` replacement: mixed (or mutual) attention for the identity rows."""
 
     def __init__(self, patch: Any, layer: LayerKey) -> None:
         self.patch, self.layer = patch, layer
 
-    def __deepcopy__(self, memo: dict) -> "SelfAttention":
+    def __deepcopy__(self, memo: dict) -> SelfAttentionPatch:
         return self
 
     def __call__(self, q, k, v, extra_options):
@@ -76,7 +80,7 @@ class SelfAttention(_Replacement):
         return mixed_self_attention(q, k, v, state.layout.chunks, s.attention_mode, s.adain, attend)
 
 
-class CrossAttention(_Replacement):
+class CrossAttentionPatch(PatchObject):
     """``attn2`` replacement: text attention (or the replacement it chains), plus the
     identity's image attention on identity rows, plus callbacks other packs stacked."""
 
@@ -86,9 +90,9 @@ class CrossAttention(_Replacement):
         self._kwargs = tuple(kwargs for _, kwargs in stacked)
         self._device_kwargs: dict[torch.device, tuple[dict, ...]] = {}
 
-    def __deepcopy__(self, memo: dict) -> "CrossAttention":
+    def __deepcopy__(self, memo: dict) -> CrossAttentionPatch:
         # Older hosts deep-copy model_options on clone: give the clone its own stack.
-        return CrossAttention(self.patch, self.layer, self.previous, self.stacked)
+        return CrossAttentionPatch(self.patch, self.layer, self.previous, self.stacked)
 
     def __call__(self, q, k, v, extra_options):
         attend = attend_with(extra_options)
@@ -118,7 +122,7 @@ class CrossAttention(_Replacement):
     def _kwargs_for(self, device: torch.device) -> tuple[dict, ...]:
         return self._device_kwargs.get(device, self._kwargs)
 
-    def to(self, device: Any = None, *args: Any, **kwargs: Any) -> "CrossAttention":
+    def to(self, device: Any = None, *args: Any, **kwargs: Any) -> CrossAttentionPatch:
         """Give stacked callbacks their tensors on ``device`` (ComfyUI's multi-GPU clones call this)."""
         if not self.stacked or not isinstance(device, torch.device) or device.type == "cpu":
             return self
@@ -129,7 +133,7 @@ class CrossAttention(_Replacement):
     def add(self, callback: Callable, **kwargs: Any) -> None:
         """The cubiq packs' stacking call; see the module docstring."""
         global _warned_shared_add
-        fork = CrossAttention(self.patch, self.layer, self.previous, self.stacked + ((callback, kwargs),))
+        fork = CrossAttentionPatch(self.patch, self.layer, self.previous, self.stacked + ((callback, kwargs),))
         if _replace_in_caller(self, fork, sys._getframe(1)):
             return
         if not _warned_shared_add:
@@ -166,7 +170,7 @@ def _attn2_tables(value: Any) -> list[dict]:
     return [table] if isinstance(table, dict) else []
 
 
-def _replace_in_caller(old: CrossAttention, new: CrossAttention, frame: Any) -> bool:
+def _replace_in_caller(old: CrossAttentionPatch, new: CrossAttentionPatch, frame: Any) -> bool:
     """Put ``new`` where ``old`` sits in the models and option dicts of the calling function.
 
     Only the immediate caller is searched: it is the function that patches the new model

@@ -14,12 +14,13 @@ the identity rows are computed and the text rows mirror them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from .replacements import STEP_KEY, _Replacement
-from .run import RunState, StepState
+from .replacements import STEP_KEY, PatchObject
+from .run_state import RunState, StepState
 
 RUN_KEY = "infinite_id_run"  # the RunState, set by the Infinite-ID samplers for a whole run
 
@@ -57,22 +58,22 @@ def lay_out_call(call: Callable, x: torch.Tensor, t: torch.Tensor, c: dict, kind
             "or apply it before InfiniteIDApply.")
     sigma = float(t.max())
     if run.text_needed(sigma):
-        state = run.step(sigma, kinds, text_computed=True)
+        state = run.step_state(sigma, kinds, text_computed=True)
         return call(x, t, _with_state(c, state))
-    state = run.step(sigma, kinds, text_computed=False)
+    state = run.step_state(sigma, kinds, text_computed=False)
     rows = run.identity_row_index(tuple(kinds), x.device)
     sub_c = _with_state(_take_rows(c, rows, x.shape[0]), state)
     out_id = call(x[rows], t[rows], sub_c)
     return _mirror(out_id, run.layout(tuple(kinds), text_computed=True), run.identity_rows)
 
 
-class ApplyModelWrapper(_Replacement):
+class ApplyModelWrapper(PatchObject):
     """Keyed ``APPLY_MODEL`` wrapper (hosts with ``comfy.patcher_extension``)."""
 
     def __init__(self, patch: Any) -> None:
         self.patch = patch
 
-    def __deepcopy__(self, memo: dict) -> "ApplyModelWrapper":
+    def __deepcopy__(self, memo: dict) -> ApplyModelWrapper:
         return self
 
     def __call__(self, executor: Callable, x: torch.Tensor, t: torch.Tensor, c_concat: Any = None,
@@ -91,13 +92,13 @@ class ApplyModelWrapper(_Replacement):
         return lay_out_call(call, x, t, c, kinds, OUTSIDE_SAMPLING)
 
 
-class UnetWrapper(_Replacement):
+class UnetWrapper(PatchObject):
     """The ``model_function_wrapper`` of hosts without keyed wrappers (chains the one it replaced)."""
 
     def __init__(self, patch: Any, previous: Callable | None) -> None:
         self.patch, self.previous = patch, previous
 
-    def __deepcopy__(self, memo: dict) -> "UnetWrapper":
+    def __deepcopy__(self, memo: dict) -> UnetWrapper:
         return self
 
     def __call__(self, apply_model: Callable, args: dict) -> torch.Tensor:

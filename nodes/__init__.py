@@ -2,12 +2,21 @@
 
 Node type names are a public contract (docs/COMPATIBILITY.md, "Saved workflows"): saved workflows refer to
 them. Add nodes freely; never rename or remove one without a migration.
+
+``NODE_MODULES`` is the one list of node files: importing and registering both follow from
+it (its order is the order ComfyUI lists the nodes in). A new node file goes into it;
+``tests/test_node_list.py`` fails for a node file left out.
 """
-from . import adapter_loader, apply, guider, sampler
-from . import encode, evaluation, face_analysis, identity_files, mixing, regions
+from __future__ import annotations
+
+import importlib
+
+NODE_MODULES = ("apply", "sampler", "guider", "adapter_loader", "face_analysis", "encode", "mixing", "regions",
+                "identity_files", "evaluation")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-for _module in (apply, sampler, guider, adapter_loader, face_analysis, encode, mixing, regions, identity_files, evaluation):
+for _name in NODE_MODULES:
+    _module = importlib.import_module(f".{_name}", __name__)
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

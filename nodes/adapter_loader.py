@@ -1,41 +1,19 @@
 """``InfiniteIDAdapterLoader``: load an identity adapter from ``models/infiniteid``.
 
-The file list leaves out ``identities/`` (saved identities share the folder tree, but are
-not adapters) and always offers the expected default file, as the face-analysis loader
-offers ``antelopev2``: a shipped workflow then passes ComfyUI's "value not in list" check
-and the user reaches this node's message naming the file and its folder.
+The file list (``adapter/listing.py``) leaves out ``identities/`` (saved identities share the
+folder tree, but are not adapters) and always offers the expected default file.
 """
 from __future__ import annotations
 
 import os
 
-from ..adapter.loader import load_adapter_file, read_metadata
+from ..adapter.listing import DEFAULT_ADAPTER, adapter_files, is_identity_file
+from ..adapter.loader import load_adapter_file
+from ..host.errors import node_error
 from ..host.folders import ADAPTERS, IDENTITIES_SUBFOLDER, folder_paths_for, missing_file_message
-from ..identity.storage import FORMAT as IDENTITY_FORMAT
-from .errors import node_error
 from .inputs import checked_inputs
 
 NODE = "InfiniteIDAdapterLoader"
-DEFAULT_ADAPTER = "ip-adapter-faceid-plusv2_sdxl.bin"
-
-
-def adapter_files() -> list[str]:
-    """Files in every ``infiniteid`` folder except saved identities; the default name first when absent."""
-    import folder_paths
-
-    folder_paths_for(ADAPTERS)  # make sure the folder is registered before listing it
-    prefix = IDENTITIES_SUBFOLDER + "/"
-    names = [name for name in folder_paths.get_filename_list(ADAPTERS)
-             if not name.replace(os.sep, "/").startswith(prefix)]
-    return names if DEFAULT_ADAPTER in names else [DEFAULT_ADAPTER] + names
-
-
-def is_identity_file(path: str) -> bool:
-    """A file written by 'InfiniteID Save Identity' (its safetensors metadata says so)."""
-    try:
-        return read_metadata(path).get("format") == IDENTITY_FORMAT
-    except Exception:  # noqa: BLE001 - an unreadable header is the loader's to report
-        return False
 
 
 class InfiniteIDAdapterLoader:

@@ -1,14 +1,13 @@
 """``InfiniteIDApply``: patch a MODEL for dual-stream Infinite-ID inference."""
 from __future__ import annotations
 
-
 from ..adapter.lora import apply_adapter_lora
-from ..unet.layers import parse_block_list
 from ..attention.functional import ADAIN_MODES, ATTENTION_MODES
+from ..host.errors import node_error
 from ..identity.types import check_identity
 from ..model_patch.install import apply_patch, check_identity_adapter
 from ..model_patch.settings import PatchSettings
-from .errors import node_error
+from ..unet.layers import parse_block_list
 from .inputs import checked_inputs
 
 NODE = "InfiniteIDApply"

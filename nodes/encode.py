@@ -1,8 +1,8 @@
 """``InfiniteIDEncode``: reference photos of one person -> ``INFINITEID_IDENTITY``."""
 from __future__ import annotations
 
+from ..host.errors import node_error
 from ..identity.encode import AVERAGE_MODES, EncodeSettings, encode_identity
-from .errors import node_error
 from .inputs import checked_inputs
 
 NODE = "InfiniteIDEncode"

@@ -15,8 +15,8 @@ import numpy as np
 from ..evaluation import backbones
 from ..evaluation.annotate import annotate
 from ..evaluation.scoring import BACKBONES, analyse_faces, clip_i, clip_t, face_similarity, reference_face
+from ..host.errors import node_error
 from ..identity.images import check_pixels, split_images
-from .errors import node_error
 from .inputs import checked_inputs
 
 SIMILARITY = "InfiniteIDFaceSimilarity"

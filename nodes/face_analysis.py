@@ -6,8 +6,8 @@ fallback, no downloads) lives in ``identity/face_analysis.py``.
 """
 from __future__ import annotations
 
+from ..host.errors import node_error
 from ..identity.face_analysis import AUTO, DEFAULT_PACK, PROVIDERS, available_packs, load_face_analysis
-from .errors import node_error
 from .inputs import checked_inputs
 
 NODE = "InfiniteIDFaceAnalysisLoader"

@@ -1,9 +1,9 @@
 """``InfiniteIDGuider``: the dual-stream sampler as a GUIDER for SamplerCustomAdvanced."""
 from __future__ import annotations
 
+from ..host.errors import node_error
 from ..sampling.dual_stream import NOISE_MODES, check_model
 from ..sampling.guider import make_guider
-from .errors import node_error
 from .inputs import checked_inputs
 from .sampler import BATCH_NOISE_TOOLTIP
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from ..host.errors import node_error
 from ..identity.storage import identity_path, list_identities, load_identity, save_identity
-from .errors import node_error
 from .inputs import checked_inputs
 
 log = logging.getLogger(__name__)

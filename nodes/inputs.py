@@ -15,11 +15,12 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from .errors import InfiniteIDError
+from ..host.errors import InfiniteIDError
 
 
 def _is_model(value: Any) -> bool:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 
+from ..host.errors import node_error
 from ..identity.batch import batch
 from ..identity.mixing import interpolate, mix, parse_weights, sweep_values
-from .errors import node_error
 from .inputs import checked_inputs
 
 log = logging.getLogger(__name__)

@@ -1,16 +1,16 @@
 """``InfiniteIDRegions`` and ``InfiniteIDFaceMasks``: several people in one picture.
 
-The regional identity is built in ``identity/regions.py``; how masks act during sampling
-is in ``model_patch/regions.py``; README "Several people in one picture" shows a layout.
+The regional identity is built in ``identity/regional.py``; how masks act during sampling
+is in ``model_patch/region_grids.py``; README "Several people in one picture" shows a layout.
 """
 from __future__ import annotations
 
 import logging
 
+from ..host.errors import node_error
 from ..identity.face_masks import face_masks
-from ..identity.regions import MAX_REGIONS, regional_identity
+from ..identity.regional import MAX_REGIONS, regional_identity
 from ..identity.types import check_identity
-from .errors import node_error
 from .inputs import checked_inputs
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """``InfiniteIDSampler``: a drop-in KSampler that runs both Infinite-ID streams."""
 from __future__ import annotations
 
+from ..host.errors import node_error
 from ..sampling.dual_stream import NOISE_MODES, sample_dual_stream
-from .errors import node_error
 from .inputs import checked_inputs
 
 NODE = "InfiniteIDSampler"

@@ -3,9 +3,9 @@
 On hosts with keyed wrappers the door only asks: it samples the patched MODEL through
 ``comfy.sample`` like core ``KSampler``, with a ``RunRequest`` (``batch_noise``, the
 latent's ``batch_index``) in the model options, and the MODEL's own ``OUTER_SAMPLE``
-wrapper runs both streams (``sampling/outer.py``) and hands back the text latent. Older
+wrapper runs both streams (``model_patch/outer_sample.py``) and hands back the text latent. Older
 hosts have no such wrapper: there this module stacks the streams itself, with the same
-row plan (``sampling/streams.py``).
+row plan (``model_patch/streams.py``).
 """
 from __future__ import annotations
 
@@ -17,10 +17,19 @@ import torch
 
 from ..host import compat
 from ..model_patch.install import DualStreamPatch, check_before_sampling, find_patch
-from ..model_patch.run import RunState
+from ..model_patch.run_state import RunState
+from ..model_patch.streams import (
+    NOISE_MODES,
+    REQUEST_KEY,
+    RunRequest,
+    check_latent,
+    check_result,
+    check_rows,
+    paired_sampler,
+    plan_streams,
+    shares_noise,
+)
 from ..model_patch.wrapper import RUN_KEY
-from .streams import (NOISE_MODES, REQUEST_KEY, RunRequest, check_latent, check_result, check_rows,
-                      paired_sampler, plan_streams, shares_noise)
 
 __all__ = ["NOISE_MODES", "RunRequest", "StreamLatents", "check_model", "prepare_run", "sample_dual_stream",
            "with_request"]

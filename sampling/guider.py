@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..host import compat
+from ..model_patch.streams import RunRequest, check_latent, check_result, paired_sampler, plan_streams, shares_noise
 from .dual_stream import check_model, prepare_run, with_request
-from .streams import RunRequest, check_latent, check_result, paired_sampler, plan_streams, shares_noise
 
 NODE = "InfiniteIDGuider"
 

@@ -131,9 +131,8 @@ def record_machine(check: Check) -> None:
 def parse_pytest(text: str) -> dict:
     """Counts from pytest's closing line, the failed tests, and the suite's device header line."""
     counts = {}
-    match = None
-    for match in SUMMARY.finditer(text):
-        pass
+    matches = list(SUMMARY.finditer(text))
+    match = matches[-1] if matches else None  # the last one is the closing line
     if match:
         for part in match.group(1).split(","):
             number, _, word = part.strip().partition(" ")

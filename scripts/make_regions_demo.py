@@ -40,7 +40,7 @@ def run_once(sets: list[str], folder: Path):
     import torch
     from PIL import Image
 
-    from infinite_id.cli.run import use_demo_models
+    from infinite_id.cli.run_workflow import use_demo_models
     from infinite_id.host.executor import Runner
     from infinite_id.model_patch import replacements
     from infinite_id.workflow_io.files import apply_overrides, load_workflow
@@ -53,7 +53,7 @@ def run_once(sets: list[str], folder: Path):
     use_demo_models(prompt, folder / "in")
     maps: list[torch.Tensor] = []
     first_sigma: list[float] = []
-    original = replacements.CrossAttention.__call__
+    original = replacements.CrossAttentionPatch.__call__
 
     def probe(self, q, k, v, extra):
         out = original(self, q, k, v, extra)
@@ -70,11 +70,11 @@ def run_once(sets: list[str], folder: Path):
                 maps.append(delta.view((h + 1) // 2, (w + 1) // 2))
         return out
 
-    replacements.CrossAttention.__call__ = probe
+    replacements.CrossAttentionPatch.__call__ = probe
     try:
         Runner().run(prompt)
     finally:
-        replacements.CrossAttention.__call__ = original
+        replacements.CrossAttentionPatch.__call__ = original
     image = Image.open(next((folder / "out").rglob("*.png"))).convert("RGB")
     return image, torch.stack(maps).mean(0)
 

@@ -10,8 +10,8 @@ scalable font), so the files are the same on every machine.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 

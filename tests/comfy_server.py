@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "infinite_id"

@@ -54,7 +54,7 @@ def _libraries() -> str:
             module = __import__(name.replace("-gpu", "")) if name == "insightface" else None
             version = getattr(module, "__version__", None) or metadata.version(name)
             found.append(f"{name} {version}")
-        except Exception:
+        except Exception:  # noqa: BLE001 - a library that fails to import is left out of the header line
             continue
     return "libraries: " + ", ".join(found)
 

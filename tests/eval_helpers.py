@@ -4,11 +4,11 @@ recomputations (insightface's own ``FaceAnalysis.get`` and ``norm_crop``, the mo
 plain forward passes) that the pack's numbers are compared with."""
 from __future__ import annotations
 
+import folder_paths
 import numpy as np
 import pytest
 import torch
 
-import folder_paths
 from infinite_id.demo import tiny_eval
 from infinite_id.demo import tiny_insightface as tiny
 from infinite_id.evaluation import backbones

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+import nodes
 import numpy as np
 import torch
 
-import nodes
 from infinite_id.demo import tiny_insightface as tiny
 from infinite_id.host.executor import capture
 

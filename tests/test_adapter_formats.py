@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from infinite_id.adapter.loader import load_adapter_state
 from infinite_id.adapter.lora import apply_adapter_lora, check_lora_shapes, lora_key_map
 from infinite_id.adapter.native import build_native_adapter, save_native
+from infinite_id.demo.tiny_sdxl import TINY_CONTEXT_DIM, tiny_sdxl_unet_config
+from infinite_id.host.errors import InfiniteIDError
+from infinite_id.nodes.adapter_loader import InfiniteIDAdapterLoader
 from infinite_id.unet.layers import SDXL_LAYERS
 from infinite_id.unet.walk import cross_attention_widths
-from infinite_id.demo.tiny_sdxl import TINY_CONTEXT_DIM, tiny_sdxl_unet_config
-from infinite_id.nodes.adapter_loader import InfiniteIDAdapterLoader
-from infinite_id.nodes.errors import InfiniteIDError
 
 # diffusers order: down_blocks.1 (2 x 2 layers), down_blocks.2 (2 x 10), up_blocks.0 (3 x 10),
 # up_blocks.1 (3 x 2), mid_block (10); SDXL widths 640 / 1280.
@@ -42,8 +42,8 @@ def faceid_state(widths, dim=128, tokens=4, clip=48, depth=2, hidden=64, ff=2, c
                  lora=True, seed=0, device=None):
     """A FaceID-Plus-v2-shaped ``(image_proj, ip_adapter)`` with the published key names."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: rnd(g, *s, device=device)  # noqa: E731
-    norm = lambda n: {f"{n}.weight": 1 + r(n_dim[n]), f"{n}.bias": r(n_dim[n])}  # noqa: E731
+    r = lambda *s: rnd(g, *s, device=device)
+    norm = lambda n: {f"{n}.weight": 1 + r(n_dim[n]), f"{n}.bias": r(n_dim[n])}
     n_dim = {"norm": dim, "perceiver_resampler.norm_out": dim}
     proj = {"proj.0.weight": r(hidden, 512), "proj.0.bias": r(hidden), "proj.2.weight": r(tokens * dim, hidden),
             "proj.2.bias": r(tokens * dim), **norm("norm"), "perceiver_resampler.proj_in.weight": r(dim, clip),
@@ -73,7 +73,7 @@ def ln(x, sd, name):
 
 def perceiver(sd, prefix, latents, feats, dim_head):
     """Plain perceiver stack: per-head loops, explicit softmax(q k^T / sqrt(d))."""
-    W = lambda n: sd[prefix + n].double()  # noqa: E731
+    W = lambda n: sd[prefix + n].double()
     x = feats @ W("proj_in.weight").T + W("proj_in.bias")
     depth = len({k[len(prefix):].split(".")[1] for k in sd if k.startswith(prefix + "layers.")})
     for i in range(depth):

@@ -10,23 +10,23 @@ two-stage split), or with core on the unpatched model (the text stream).
 """
 from __future__ import annotations
 
-import pytest
-import torch
-
 import comfy.sample
 import nodes
+import pytest
+import torch
+from reference_dual_stream import Reference, RefSettings
+from test_reference_dual_stream import host_state_dtype, make_conds, rel
+
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.host import compat
-from infinite_id.identity.regions import regional_identity
+from infinite_id.identity.regional import regional_identity
 from infinite_id.model_patch.install import apply_patch
 from infinite_id.model_patch.settings import PatchSettings
+from infinite_id.model_patch.streams import RunRequest
 from infinite_id.model_patch.wrapper import USE_THE_SAMPLER
 from infinite_id.nodes.apply import InfiniteIDApply
 from infinite_id.nodes.sampler import InfiniteIDSampler
 from infinite_id.sampling.dual_stream import with_request
-from infinite_id.sampling.streams import RunRequest
-from reference_dual_stream import Reference, RefSettings
-from test_reference_dual_stream import host_state_dtype, make_conds, rel
 
 SEED, CFG, STEPS, TOL = 4, 5.0, 3, 1e-5
 # The text stream against core on the unpatched model: the pack runs the text row beside the
@@ -231,10 +231,11 @@ def test_sampler_custom_advanced_with_core_guiders(tiny_unet, patched):
 def test_patched_differs_and_weight_zero_without_lora_equals_unpatched(tiny_unet):
     """With an adapter that carries a U-Net LoRA (FaceID-Plus-v2's layout): only weight 0
     and lora_strength 0 together give the unpatched model's KSampler result."""
+    from test_adapter_formats import _nested, faceid_state
+
     from infinite_id.adapter.loader import load_adapter_state
     from infinite_id.unet.layers import SDXL_LAYERS
     from infinite_id.unet.walk import cross_attention_widths
-    from test_adapter_formats import _nested, faceid_state
 
     widths = [cross_attention_widths(tiny_unet.model.diffusion_model)[k][0] for k in SDXL_LAYERS]
     with_lora = load_adapter_state(_nested(*faceid_state(widths, seed=4)))

@@ -15,16 +15,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from blueprint_cases import BLUEPRINT_NODE, CASES, expected_prompt, ui_workflow
 from comfy_server import PACK_NAME, comfy_server
-from infinite_id.cli import run as run_cli
-from infinite_id.cli.models import LOADER_INPUTS, model_metadata
+from PIL import Image
+from test_workflows import cli  # noqa: F401  (fixture: ``python . run`` in-process)
+
+from infinite_id.cli import run_workflow as run_cli
+from infinite_id.host.models import LOADER_INPUTS, model_metadata
 from infinite_id.workflow_io.blueprints import blueprint_dir, blueprint_names, blueprint_path, render_all_blueprints
 from infinite_id.workflow_io.shipped import api_path, ui_path
 from infinite_id.workflow_io.ui_to_api import ui_to_api
-from test_workflows import cli  # noqa: F401  (fixture: ``python . run`` in-process)
 
 
 def _classes():
@@ -66,7 +66,7 @@ def test_workflow_from_blueprint_converts_to_the_shipped_prompt(name):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_workflow_from_blueprint_runs(name, cli, tmp_path):  # noqa: F811
+def test_workflow_from_blueprint_runs(name, cli, tmp_path):
     workflow = tmp_path / f"{name}.json"
     ui = ui_workflow(CASES[name], _classes())
     workflow.write_text(json.dumps(ui))
@@ -84,7 +84,7 @@ def test_blueprint_workflow_with_a_dangling_inner_link_is_named(tmp_path):
     case = CASES["InfiniteID One Photo"]
     ui = ui_workflow(case, _classes())
     definition = ui["definitions"]["subgraphs"][0]
-    definition["links"] = [l for l in definition["links"] if l["origin_id"] != -10]
+    definition["links"] = [link for link in definition["links"] if link["origin_id"] != -10]
     with pytest.raises(ValueError, match="dangling link"):
         ui_to_api(ui)
 

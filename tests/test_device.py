@@ -6,17 +6,17 @@ on the CPU they check the same contract where every device is the CPU.
 """
 from __future__ import annotations
 
-import pytest
-import torch
-
 import comfy.model_management as mm
 import comfy.model_patcher
+import pytest
+import torch
+from test_sampling_contract import _prompts
+
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.demo.tiny_sdxl import build_tiny_sdxl
 from infinite_id.model_patch.install import PatchSettings, apply_patch
-from infinite_id.model_patch.run import RunState
+from infinite_id.model_patch.run_state import RunState
 from infinite_id.sampling.dual_stream import sample_dual_stream
-from test_sampling_contract import _prompts
 
 ON_CUDA = mm.get_torch_device().type == "cuda"
 MODE = __import__("infinite_id_bootstrap").vram_mode()
@@ -77,6 +77,7 @@ def test_built_in_models_have_their_weights_under_dynamic_vram(monkeypatch):
     if not hasattr(memory, "aimdo_enabled"):
         pytest.skip("a host from before dynamic VRAM")
     import comfy.ops
+
     from infinite_id.demo.tiny_clip_text import build_tiny_sdxl_clip
     from infinite_id.demo.tiny_clip_vision import build_tiny_clip_vision
     from infinite_id.demo.tiny_vae import build_tiny_vae

@@ -140,7 +140,7 @@ def test_doctor_with_onnxruntime_gpu_reports_the_clash_and_the_cuda_provider():
     print(out[-3000:])
     assert proc.returncode == doctor.EXIT_BLOCKED, proc.stderr[-3000:]
     assert "onnxruntime builds installed: onnxruntime " in out and "onnxruntime-gpu " in out
-    assert f"'import onnxruntime' loads onnxruntime-gpu" in out and str(GPU_OVERLAY) in out
+    assert "'import onnxruntime' loads onnxruntime-gpu" in out and str(GPU_OVERLAY) in out
     assert "CUDAExecutionProvider: offered but fails to load" in out
     assert "provider 'auto' asks for: CUDA" in out
     assert "BLOCKING" in out and "2 onnxruntime builds are installed (onnxruntime, onnxruntime-gpu)" in out

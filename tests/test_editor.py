@@ -22,17 +22,15 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import pytest
-
-import sys
+from comfy_server import PACK_NAME, comfy_server
 
 from infinite_id.workflow_io.shipped import PACK_ROOT, SHIPPED, api_path, thumbnail_path, ui_paths
 from infinite_id.workflow_io.ui_to_api import declared_inputs, ui_to_api, widget_layout
-
-from comfy_server import PACK_NAME, comfy_server
 
 # The newer editor tested beside the host's pinned one (scripts/bootstrap.sh installs it).
 NEWER_FRONTEND = "1.58.1"
@@ -185,8 +183,8 @@ def _workflow_files() -> dict[str, bytes]:
 
     from PIL import Image
 
-    from infinite_id.cli.models import LOADER_INPUTS
-    from infinite_id.cli.run import demo_photo
+    from infinite_id.cli.run_workflow import demo_photo
+    from infinite_id.host.models import LOADER_INPUTS
 
     # A saved identity: the adapter dropdown must not list it.
     files = {"models/infiniteid/identities/alice.safetensors": b""}

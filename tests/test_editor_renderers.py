@@ -26,15 +26,23 @@ import time
 from pathlib import Path
 
 import pytest
-
 from blueprint_cases import CASES, ui_workflow
 from comfy_server import PACK_NAME
+from test_editor import (
+    MISSING_WORDS,
+    NEWER_FRONTEND,
+    NEWER_FRONTEND_ROOT,
+    TYPE_COLOURS,
+    _is_current_host,
+    _same,
+    _save_small_png,
+    _wait_for_app,
+    editor_session,
+)
+
 from infinite_id.workflow_io.blueprints import blueprint_names, blueprint_path
 from infinite_id.workflow_io.shipped import PACK_ROOT, SHIPPED, ui_paths
 from infinite_id.workflow_io.ui_to_api import ui_to_api
-from test_editor import (MISSING_WORDS, NEWER_FRONTEND, NEWER_FRONTEND_ROOT, TYPE_COLOURS,
-                         _is_current_host, _same, _save_small_png, _wait_for_app,
-                         editor_session)
 
 SCREENSHOTS = PACK_ROOT / "docs" / "screenshots"  # vue/ and canvas/ (frontend 1.58.1)
 # Where the editor looks for a custom node's help page (NodeHelpService): WEB_DIRECTORY/docs/<node>.md.

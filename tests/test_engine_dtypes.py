@@ -28,22 +28,22 @@ float16 matmuls are slow on the CPU, so float16 runs on 8x8 latents.
 """
 from __future__ import annotations
 
+import nodes
 import pytest
 import torch
+from reference_dual_stream import Reference, RefSettings
+from test_reference_dual_stream import host_attention_for, host_state_dtype, make_conds
+from test_sampling_contract import _force_cond_uncond_split
 
-import nodes
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.demo.tiny_sdxl import build_tiny_sdxl
 from infinite_id.host.compat import compute_sigmas, prepare_noise
 from infinite_id.identity.types import Identity
 from infinite_id.model_patch.install import apply_patch
-from infinite_id.model_patch.run import project_identity
+from infinite_id.model_patch.run_state import project_identity
 from infinite_id.model_patch.settings import PatchSettings
 from infinite_id.sampling.dual_stream import sample_dual_stream
 from infinite_id.unet.layers import SDXL_LAYERS
-from reference_dual_stream import Reference, RefSettings
-from test_reference_dual_stream import host_attention_for, host_state_dtype, make_conds
-from test_sampling_contract import _force_cond_uncond_split
 
 SEED, CFG = 3, 5.0
 TOL = 1e-3

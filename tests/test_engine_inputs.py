@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
+from infinite_id.host.errors import node_error  # noqa: F401  (the nodes' error layer under test)
 from infinite_id.identity.types import Identity
 from infinite_id.nodes.apply import InfiniteIDApply
-from infinite_id.nodes.errors import node_error  # noqa: F401  (the nodes' error layer under test)
 from infinite_id.nodes.sampler import InfiniteIDSampler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ APPLY = dict(weight=1.0, attention_mode="mixed", cross_attention_merge=True, ada
 
 def conds():
     g = torch.Generator().manual_seed(0)
-    one = lambda: [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]  # noqa: E731
+    one = lambda: [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
     return one(), one()
 
 

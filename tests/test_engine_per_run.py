@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import copy
 
-import pytest
+import comfy.model_management as mm
 import torch
 
-import comfy.model_management as mm
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
-from infinite_id.model_patch import run as run_module
+from infinite_id.model_patch import run_state as run_module
 from infinite_id.model_patch.install import apply_patch, find_patch, per_call_wrapper
-from infinite_id.model_patch.run import RunState
+from infinite_id.model_patch.run_state import RunState
 from infinite_id.model_patch.settings import PatchSettings
 from infinite_id.nodes.sampler import InfiniteIDSampler
 from infinite_id.sampling.dual_stream import prepare_run
@@ -25,7 +24,7 @@ from infinite_id.unet.layers import SDXL_LAYERS
 
 def conds():
     g = torch.Generator().manual_seed(0)
-    one = lambda: [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]  # noqa: E731
+    one = lambda: [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
     return one(), one()
 
 

@@ -9,18 +9,18 @@ switch part of the method off are refused before sampling, naming the node order
 """
 from __future__ import annotations
 
+import nodes
 import pytest
 import torch
+from stand_in_pack import apply_stand_in
 
-import nodes
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.host import compat
 from infinite_id.model_patch.install import apply_patch
-from infinite_id.model_patch.replacements import CrossAttention
+from infinite_id.model_patch.replacements import CrossAttentionPatch
 from infinite_id.model_patch.settings import PatchSettings
 from infinite_id.nodes.sampler import InfiniteIDSampler
 from infinite_id.unet.layers import SDXL_LAYERS
-from stand_in_pack import apply_stand_in
 
 SEED, STEPS, CFG = 5, 2, 5.0
 TOL = 1e-5
@@ -37,7 +37,7 @@ def latent():
 
 def conds():
     g = torch.Generator().manual_seed(0)
-    one = lambda: [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]  # noqa: E731
+    one = lambda: [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
     return one(), one()
 
 
@@ -77,7 +77,7 @@ def stacked_after(applied):
 def test_pack_applied_after_stacks_on_our_layers(applied, plain, stacked_after):
     model = apply_stand_in(applied)
     table = model.model_options["transformer_options"]["patches_replace"]["attn2"]
-    assert all(isinstance(table[key], CrossAttention) and len(table[key].stacked) == 1 for key in SDXL_LAYERS)
+    assert all(isinstance(table[key], CrossAttentionPatch) and len(table[key].stacked) == 1 for key in SDXL_LAYERS)
     assert rel(stacked_after[0], plain[0]) > 1e-2 and rel(stacked_after[1], plain[1]) > 1e-2
 
 

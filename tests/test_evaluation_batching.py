@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eval_helpers import cli, eval_folders, models_dir  # noqa: F401
 from PIL import Image
 
 from infinite_id.cli import evaluate as eval_cli
-from infinite_id.cli.run import demo_photo
+from infinite_id.cli.run_workflow import demo_photo
 from infinite_id.evaluation import batching, remote
 from infinite_id.evaluation.plan import Config
 from infinite_id.evaluation.workflow import PairWorkflow
 from infinite_id.host.executor import PromptError, Runner
-from eval_helpers import cli, eval_folders, models_dir  # noqa: F401
 
 PACK = Path(eval_cli.__file__).resolve().parent.parent
 RAW = PACK / "workflows" / "api" / "raw_photo.json"

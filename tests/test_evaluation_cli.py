@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eval_helpers import app, by_hand_face, cli, clip_by_hand, cos, eval_folders, models_dir  # noqa: F401
+from identity_prompts import face_rgb
 from PIL import Image
 
 from infinite_id.demo import tiny_eval
 from infinite_id.evaluation import quality, report
-from eval_helpers import app, by_hand_face, clip_by_hand, cli, cos, eval_folders, models_dir  # noqa: F401
-from identity_prompts import face_rgb
 
 PROMPTS = ["a photo of a person holding flowers", "a photo of a person on a beach"]
 FAST = ["--set", "InfiniteIDSampler.steps=1", "--set", "EmptyLatentImage.width=64",

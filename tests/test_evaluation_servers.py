@@ -17,14 +17,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from comfy_server import comfy_server
+from eval_helpers import eval_folders, models_dir  # noqa: F401
 from PIL import Image
 
-from comfy_server import comfy_server
 from infinite_id.cli import evaluate as eval_cli
-from infinite_id.cli.run import demo_photo
+from infinite_id.cli.run_workflow import demo_photo
 from infinite_id.evaluation import generate
 from infinite_id.evaluation.plan import load_prompts, safe_name
-from eval_helpers import eval_folders, models_dir  # noqa: F401
 
 # Delegates to the pack's own demo classes, looked up when the server first asks (the
 # pack may load after this folder: custom_nodes are imported in directory order).

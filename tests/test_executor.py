@@ -1,11 +1,11 @@
 """Prompts through ComfyUI's real executor (no server) on the tiny demo models."""
+import nodes
 import pytest
 import torch
+from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 
-import nodes
 from infinite_id.demo.nodes import InfiniteIDDemoCheckpoint
 from infinite_id.host.executor import PromptError, capture
-from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 
 
 def _direct_ksampler(seed=5, steps=2):

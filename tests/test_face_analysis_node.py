@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 
+import folder_paths
 import numpy as np
 import pytest
 import torch
 
-import folder_paths
 from infinite_id.demo import tiny_insightface as tiny
 from infinite_id.host.executor import PromptError, capture
 from infinite_id.host.folders import INSIGHTFACE

@@ -14,15 +14,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from eval_helpers import app, by_hand_face, clip_by_hand, cos, eval_folders, facenet_by_hand, models_dir  # noqa: F401
+from identity_prompts import as_image, face_rgb, image_node
 
 from infinite_id.demo import tiny_eval
 from infinite_id.demo.nodes import _face_analysis
 from infinite_id.evaluation import backbones, metrics
+from infinite_id.host.errors import InfiniteIDError
 from infinite_id.host.executor import PromptError, capture
-from infinite_id.nodes.errors import InfiniteIDError
 from infinite_id.nodes.evaluation import InfiniteIDClipScore, InfiniteIDFaceSimilarity
-from eval_helpers import app, by_hand_face, clip_by_hand, cos, eval_folders, facenet_by_hand, models_dir  # noqa: F401
-from identity_prompts import as_image, face_rgb, image_node
 
 pytest.importorskip("facenet_pytorch")
 
@@ -190,6 +190,7 @@ def test_facenet_folder_keeps_user_paths(monkeypatch, tmp_path):
     import os
 
     import folder_paths
+
     from infinite_id.host.folders import register_folders
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "facenet", ([str(tmp_path)], {".pt"}))

@@ -25,16 +25,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pytest
-import torch
-
 import folder_paths
 import fuzz_sources
+import pytest
+import torch
+from identity_prompts import as_image, face_rgb
+
 from infinite_id.host.executor import PromptError
 from infinite_id.host.folders import ADAPTERS
 from infinite_id.nodes import NODE_CLASS_MAPPINGS as PACK_NODES
-from identity_prompts import as_image, face_rgb
 
 SEED = 13
 CASES_PER_INPUT = 2

@@ -1,8 +1,6 @@
 """The host itself: which one runs, the pack loads into it, the tiny U-Net samples."""
 import pytest
-import torch
 
-import nodes
 from infinite_id.demo.tiny_sdxl import SDXL_TRANSFORMER_BLOCKS, count_transformer_blocks
 
 

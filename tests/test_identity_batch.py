@@ -6,16 +6,15 @@ as another pack's output would.
 """
 from __future__ import annotations
 
+import fuzz_sources
 import pytest
 import torch
-
-import fuzz_sources
-from infinite_id.host.executor import PromptError, capture
-from infinite_id.identity.batch import batch
-from infinite_id.identity.types import recorded
-from infinite_id.identity.types import Identity
 from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 from test_identity_mixing import lerp_node, mix_node, two_people
+
+from infinite_id.host.executor import PromptError, capture
+from infinite_id.identity.batch import batch
+from infinite_id.identity.types import Identity, recorded
 
 
 def batch_node(*links) -> dict:

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 
+import folder_paths
+import nodes
 import numpy as np
 import pytest
 import torch
+from identity_prompts import as_image, encode_nodes, face_rgb, image_node
 from PIL import Image
+from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 
-import folder_paths
-import nodes
 from infinite_id.demo import tiny_insightface as tiny
 from infinite_id.demo.nodes import _adapter, _clip_vision, _face_analysis
 from infinite_id.demo.tiny_identity import build_tiny_adapter
+from infinite_id.host.errors import InfiniteIDError
 from infinite_id.host.executor import PromptError, capture
 from infinite_id.nodes.encode import InfiniteIDEncode
-from infinite_id.nodes.errors import InfiniteIDError
-from identity_prompts import as_image, encode_nodes, face_rgb, image_node
-from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 
 NO_FACE_SIZES = "detection sizes tried: 640, 576, 512, 448, 384, 320"
 

@@ -11,14 +11,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from identity_prompts import as_image, encode_nodes, face_rgb, image_node
+from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 from safetensors.torch import save_file
 
 from infinite_id.host.executor import PromptError, capture
 from infinite_id.identity.mixing import interpolate, mix, parse_weights
 from infinite_id.identity.storage import FORMAT, load_identity
 from infinite_id.identity.types import Identity
-from prompts import base_prompt, infinite_id_nodes, sampler_inputs
-from identity_prompts import as_image, encode_nodes, face_rgb, image_node
 
 
 def two_people() -> dict:

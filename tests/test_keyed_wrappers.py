@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import contextlib
 
+import comfy.samplers
 import pytest
 import torch
+from test_any_sampler import custom_sampler_nodes, ksampler, out, out_object
+from test_reference_dual_stream import make_conds, rel
 
-import comfy.samplers
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.host import compat
 from infinite_id.model_patch.install import apply_patch, per_call_wrapper
 from infinite_id.model_patch.settings import PatchSettings
+from infinite_id.model_patch.streams import RunRequest
 from infinite_id.model_patch.wrapper import APPLY_KEY, OUTSIDE_SAMPLING
 from infinite_id.sampling.dual_stream import with_request
-from infinite_id.sampling.streams import RunRequest
-from test_any_sampler import custom_sampler_nodes, ksampler, out, out_object
-from test_reference_dual_stream import make_conds, rel
 
 pytestmark = pytest.mark.skipif(not compat.has_keyed_wrappers(),
                                 reason="this host has no keyed wrappers (comfy.patcher_extension)")

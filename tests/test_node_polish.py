@@ -32,7 +32,7 @@ def test_error_type_shows_no_file_system_path():
     module is named by its path, so the type must be a builtin's to keep the user's directories out."""
     import execution
 
-    from infinite_id.nodes.errors import InfiniteIDError, node_error
+    from infinite_id.host.errors import InfiniteIDError, node_error
 
     assert execution.full_type_name(InfiniteIDError) == "InfiniteIDError"
     with pytest.raises(InfiniteIDError) as err, node_error("InfiniteIDApply"):
@@ -70,8 +70,9 @@ def _identity_file(path):
 
 
 def test_adapter_list_offers_the_default_and_no_identities(adapter_folder):
-    from infinite_id.nodes.adapter_loader import DEFAULT_ADAPTER, InfiniteIDAdapterLoader
-    from infinite_id.nodes.errors import InfiniteIDError
+    from infinite_id.adapter.listing import DEFAULT_ADAPTER
+    from infinite_id.host.errors import InfiniteIDError
+    from infinite_id.nodes.adapter_loader import InfiniteIDAdapterLoader
 
     _identity_file(adapter_folder / "identities" / "alice.safetensors")
     assert InfiniteIDAdapterLoader.INPUT_TYPES()["required"]["adapter_name"][0] == [DEFAULT_ADAPTER]
@@ -88,9 +89,8 @@ def test_adapter_list_offers_the_default_and_no_identities(adapter_folder):
 
 def test_identity_given_to_adapter_loader_and_adapter_to_load_identity(adapter_folder, monkeypatch):
     from infinite_id.adapter.native import build_native_adapter, save_native
-    from infinite_id.host import folders
+    from infinite_id.host.errors import InfiniteIDError
     from infinite_id.nodes.adapter_loader import InfiniteIDAdapterLoader
-    from infinite_id.nodes.errors import InfiniteIDError
     from infinite_id.nodes.identity_files import InfiniteIDLoadIdentity
 
     _identity_file(adapter_folder / "alice.safetensors")  # saved in the wrong folder

@@ -23,18 +23,18 @@ from __future__ import annotations
 import contextlib
 import inspect
 
+import nodes
 import pytest
 import torch
+from reference_dual_stream import ADAPTER_ORDER, Reference, RefSettings
 
-import nodes
-from infinite_id.unet.layers import SDXL_LAYERS
-from infinite_id.model_patch.install import PatchSettings, apply_patch
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.demo.tiny_sdxl import build_tiny_sdxl
 from infinite_id.host.compat import compute_sigmas, prepare_noise
 from infinite_id.identity.types import Identity
+from infinite_id.model_patch.install import PatchSettings, apply_patch
 from infinite_id.sampling.dual_stream import sample_dual_stream
-from reference_dual_stream import ADAPTER_ORDER, Reference, RefSettings
+from infinite_id.unet.layers import SDXL_LAYERS
 
 SEED = 3
 CFG = 5.0

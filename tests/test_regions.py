@@ -12,10 +12,11 @@ import math
 
 import pytest
 import torch
+from test_shared_noise import conds, rel
 
 from infinite_id.demo.tiny_identity import build_tiny_adapter
 from infinite_id.identity.mixing import interpolate
-from infinite_id.identity.regions import regional_identity
+from infinite_id.identity.regional import regional_identity
 from infinite_id.identity.types import Identity
 from infinite_id.model_patch import replacements
 from infinite_id.model_patch.install import apply_patch
@@ -23,7 +24,6 @@ from infinite_id.model_patch.replacements import STEP_KEY
 from infinite_id.model_patch.settings import PatchSettings
 from infinite_id.sampling.dual_stream import sample_dual_stream
 from infinite_id.unet.layers import SDXL_LAYERS
-from test_shared_noise import conds, rel
 
 SEED, CFG, TOL = 6, 5.0, 1e-5
 LATENT = (12, 20)           # non-square, odd grids below: 6x10, then 3x5 tokens
@@ -137,7 +137,7 @@ def test_each_person_reaches_only_their_tokens_at_every_layer(tiny_unet, adapter
     regional = regional_identity([("identity_1", alice, columns(*span_a), w_a),
                                   ("identity_2", bob, columns(*span_b), w_b)])
     checked: dict[int, int] = {}
-    original = replacements.CrossAttention.__call__
+    original = replacements.CrossAttentionPatch.__call__
 
     def probe(self, q, k, v, extra):
         out = original(self, q, k, v, extra)
@@ -166,7 +166,7 @@ def test_each_person_reaches_only_their_tokens_at_every_layer(tiny_unet, adapter
         checked[tokens] = checked.get(tokens, 0) + 1
         return out
 
-    monkeypatch.setattr(replacements.CrossAttention, "__call__", probe)
+    monkeypatch.setattr(replacements.CrossAttentionPatch, "__call__", probe)
     run(tiny_unet, adapter, regional, dict(weight=weight), steps=1)
     assert set(checked) == {6 * 10, 3 * 5}  # both of the tiny SDXL's transformer resolutions
 

@@ -2,18 +2,18 @@
 masks from faces, saving and loading, core mask nodes, and the shipped two_people workflow."""
 from __future__ import annotations
 
+import fuzz_sources
 import numpy as np
 import pytest
 import torch
+from identity_prompts import as_image, face_rgb, image_node
 
-import fuzz_sources
 from infinite_id.demo import tiny_insightface as tiny
 from infinite_id.host.executor import PromptError, capture
 from infinite_id.identity.face_masks import box_mask
-from infinite_id.identity.regions import regional_identity
+from infinite_id.identity.regional import regional_identity
 from infinite_id.identity.storage import load_identity, save_identity
 from infinite_id.identity.types import Identity
-from identity_prompts import as_image, face_rgb, image_node
 
 MASK = torch.zeros(1, 32, 48)
 LEFT, RIGHT = MASK.clone(), MASK.clone()

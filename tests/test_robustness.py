@@ -15,33 +15,33 @@ import logging
 import sys
 from pathlib import Path
 
+import folder_paths
+import fuzz_sources
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from eval_helpers import eval_folders, models_dir  # noqa: F401
+from identity_prompts import as_image, encode_nodes, face_rgb, image_node
 from PIL import Image
+from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 
-import folder_paths
-import fuzz_sources
 from infinite_id.adapter.loader import load_adapter_file
 from infinite_id.adapter.native import build_native_adapter, save_native
 from infinite_id.cli import evaluate as eval_cli
-from infinite_id.cli import run as run_cli
+from infinite_id.cli import run_workflow as run_cli
 from infinite_id.demo import tiny_eval
+from infinite_id.host.errors import InfiniteIDError
 from infinite_id.host.executor import PromptError, capture
 from infinite_id.host.folders import ADAPTERS
 from infinite_id.identity.images import check_pixels, split_images, to_bgr_uint8
 from infinite_id.identity.mixing import interpolate
 from infinite_id.identity.storage import FORMAT, load_identity
 from infinite_id.identity.types import TOKEN_LIMIT, Identity
-from infinite_id.nodes.errors import InfiniteIDError
 from infinite_id.nodes.identity_files import InfiniteIDLoadIdentity
 from infinite_id.unet.layers import SDXL_BLOCKS, parse_block_list
 from infinite_id.workflow_io.files import apply_overrides, load_workflow
 from infinite_id.workflow_io.ui_to_api import ui_to_api
-from eval_helpers import eval_folders, models_dir  # noqa: F401
-from identity_prompts import as_image, encode_nodes, face_rgb, image_node
-from prompts import base_prompt, infinite_id_nodes, sampler_inputs
 
 PACK = Path(__file__).resolve().parent.parent
 
@@ -193,9 +193,10 @@ def test_non_finite_adapter_weights_are_refused_at_load(runner, adapter_folder):
 
 @pytest.mark.parametrize("name", ["lora-nan.bin", "lora-inf.safetensors"])
 def test_non_finite_lora_weights_are_refused_at_load(runner, adapter_folder, tiny_unet, name):
-    from infinite_id.unet.walk import cross_attention_widths
-    from infinite_id.unet.layers import SDXL_LAYERS
     from test_adapter_formats import faceid_state, save_faceid
+
+    from infinite_id.unet.layers import SDXL_LAYERS
+    from infinite_id.unet.walk import cross_attention_widths
 
     widths = [w for w, _ in (cross_attention_widths(tiny_unet.model.diffusion_model)[k] for k in SDXL_LAYERS)]
     proj, ip = faceid_state(widths, rank=2)

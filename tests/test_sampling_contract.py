@@ -12,20 +12,20 @@ import contextlib
 import inspect
 from pathlib import Path
 
-import pytest
-import torch
-
 import comfy.model_management as mm
 import nodes
+import pytest
+import torch
+from prompts import base_prompt, infinite_id_nodes, sampler_inputs
+
 from infinite_id.adapter.kv import IdentityKV
-from infinite_id.unet.layers import SDXL_LAYERS
-from infinite_id.model_patch.install import MEMORY_FACTOR, PatchSettings, apply_patch, per_call_wrapper
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.demo.tiny_sdxl import TINY_CONTEXT_DIM, TINY_POOLED_DIM, init_weights_, tiny_sdxl_unet_config
 from infinite_id.host.executor import capture
+from infinite_id.model_patch.install import MEMORY_FACTOR, PatchSettings, apply_patch, per_call_wrapper
 from infinite_id.nodes.apply import InfiniteIDApply
 from infinite_id.nodes.sampler import InfiniteIDSampler
-from prompts import base_prompt, infinite_id_nodes, sampler_inputs
+from infinite_id.unet.layers import SDXL_LAYERS
 
 TOL = 1e-5
 SEED = 5

@@ -8,16 +8,16 @@ instead of 2n). Each row must equal sampling its identity alone with the same se
 """
 from __future__ import annotations
 
+import nodes
 import pytest
 import torch
+from test_sampling_contract import _force_cond_uncond_split, unet_rows
 
-import nodes
 from infinite_id.demo.tiny_identity import build_tiny_adapter, random_identity
 from infinite_id.identity.types import Identity
 from infinite_id.model_patch.install import apply_patch
 from infinite_id.model_patch.settings import PatchSettings
 from infinite_id.sampling.dual_stream import sample_dual_stream
-from test_sampling_contract import _force_cond_uncond_split, unet_rows
 
 SEED, CFG, ROWS = 6, 5.0, 3
 TOL = 1e-5
@@ -30,7 +30,7 @@ def rel(a, b):
 
 def conds():
     g = torch.Generator().manual_seed(0)
-    one = lambda: [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]  # noqa: E731
+    one = lambda: [[torch.randn(1, 77, 64, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
     return one(), one()
 
 

@@ -16,8 +16,8 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from training_fixtures import RESOLUTION, SMALL_MAPPER, write_people
 
-from infinite_id.unet.layers import SDXL_LAYERS
 from infinite_id.demo.nodes import _clip_vision, _face_analysis
 from infinite_id.demo.tiny_clip_text import build_tiny_sdxl_clip
 from infinite_id.demo.tiny_sdxl import build_tiny_sdxl
@@ -25,8 +25,7 @@ from infinite_id.demo.tiny_vae import build_tiny_vae
 from infinite_id.training.cache import CacheSettings, Preprocessor, build_cache, cached_uncond_clip
 from infinite_id.training.dataset import scan_photo_folder
 from infinite_id.training.trainer import TrainConfig, Trainer, TrainingError, TrainingModels
-
-from training_fixtures import RESOLUTION, SMALL_MAPPER, write_people
+from infinite_id.unet.layers import SDXL_LAYERS
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +108,7 @@ def _reference_loss(t: Trainer, seed: int) -> torch.Tensor:
                     def hook(mod, args, kwargs, output, i=i, heads=heads):
                         q = mod.to_q(args[0])
                         k, v = t.adapter.kv.to_k[i](tokens), t.adapter.kv.to_v[i](tokens)
-                        split = lambda x: x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
+                        split = lambda x: x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
                         w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / split(q).shape[-1] ** 0.5, dim=-1)
                         out = (w @ split(v)).transpose(1, 2).reshape(q.shape)
                         return mod.to_out(out)
@@ -195,12 +194,12 @@ def test_resume_continues_the_same_loss_curve(models, dataset, tmp_path):
 
 def test_saved_adapter_loads_in_the_loader_and_samples(models, dataset, tmp_path, runner):
     import folder_paths
+    from identity_prompts import as_image, image_node
+    from prompts import base_prompt, infinite_id_nodes, sampler_inputs
     from safetensors import safe_open
+    from training_fixtures import person_photo
 
     from infinite_id.host.executor import capture
-    from prompts import base_prompt, infinite_id_nodes, sampler_inputs
-    from training_fixtures import person_photo
-    from identity_prompts import as_image, image_node
 
     t = trainer(models, dataset, tmp_path / "run", steps=2)
     final = t.run()
@@ -288,9 +287,10 @@ def test_mixed_precision_steps(models, dataset, tmp_path, precision):
 
 
 def test_warm_start_from_faceid_plus_v2(models, dataset, tmp_path):
+    from test_adapter_formats import faceid_state
+
     from infinite_id.adapter.loader import load_adapter_state
     from infinite_id.unet.walk import cross_attention_widths
-    from test_adapter_formats import faceid_state
 
     widths = cross_attention_widths(models.model.model.diffusion_model)
     proj, ip = faceid_state([widths[k][0] for k in SDXL_LAYERS], dim=64, hidden=64, clip=32, lora=False, seed=5)

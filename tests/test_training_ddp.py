@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from training_fixtures import RESOLUTION, SMALL_MAPPER, write_people
 
 PACK = Path(__file__).resolve().parent.parent

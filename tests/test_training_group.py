@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from training_fixtures import PHOTO_SIZE
 
 from infinite_id.demo import tiny_insightface as tiny
-from training_fixtures import PHOTO_SIZE
 
 PEOPLE, PHOTOS = 3, 3
 

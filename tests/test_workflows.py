@@ -16,10 +16,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from infinite_id.cli import run as run_cli
-from infinite_id.cli.models import LOADER_INPUTS
-from infinite_id.workflow_io.shipped import (API_ONLY, PACK_ROOT, SHIPPED, api_path, render_all,
-                                             same_workflow, thumbnail_path, ui_paths)
+from infinite_id.cli import run_workflow as run_cli
+from infinite_id.host.models import LOADER_INPUTS
+from infinite_id.workflow_io.shipped import (
+    API_ONLY,
+    PACK_ROOT,
+    SHIPPED,
+    api_path,
+    render_all,
+    same_workflow,
+    thumbnail_path,
+    ui_paths,
+)
 from infinite_id.workflow_io.ui_to_api import ui_to_api
 
 # ComfyUI's template browser lists *.json directly inside these pack folders (app/custom_node_manager.py).
@@ -64,7 +72,7 @@ def test_loaders_carry_model_metadata(name):
     """Every file a loader names has a ``properties.models`` entry (name, url, directory): the editor's
     missing-models panel shows the folder from it."""
     for node in _load(ui_paths(name)[0])["nodes"]:
-        for input_name, need in LOADER_INPUTS.get(node["type"], {}).items():
+        for need in LOADER_INPUTS.get(node["type"], {}).values():
             value = next(v for v in node["widgets_values"] if isinstance(v, str))
             entries = node["properties"].get("models", [])
             assert [(e["name"], e["directory"]) for e in entries] == [(value, need.folder)], node["title"]
@@ -172,8 +180,8 @@ def test_workflow_saved_with_old_output_names_runs(cli, tmp_path):
 def test_missing_models_are_named_with_their_folder(cli, tmp_path, monkeypatch, caplog):
     import folder_paths
 
-    from infinite_id.cli.models import LOADER_INPUTS
     from infinite_id.host.folders import INSIGHTFACE
+    from infinite_id.host.models import LOADER_INPUTS
 
     empty = {}
     for folder in {need.folder for inputs in LOADER_INPUTS.values() for need in inputs.values()} | {INSIGHTFACE}:

@@ -32,9 +32,10 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ def read_photo(path: Path) -> np.ndarray:
             img.load()
             img = ImageOps.exif_transpose(img)
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for broken files
+    except Exception as exc:
         raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
 
 
@@ -209,7 +210,7 @@ def cache_sources(sources: Sequence[Path], cache_dir: Path, preprocessor: Prepro
         reason = preprocessor.process(source, target)
         new += 1
         if reason is not None:
-            write_atomic(note, lambda tmp: tmp.write_text(reason))
+            write_atomic(note, lambda tmp, reason=reason: tmp.write_text(reason))
     dist.barrier()
     new = sum(dist.gather(new))
     results: dict[Path, Path | str] = {}

@@ -33,9 +33,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -255,7 +255,7 @@ def place_photos(grouping: Grouping, root: Path, output: Path, mode: str) -> int
             elif mode == "hardlink":
                 os.link(source, target)
             else:
-                write_atomic(target, lambda tmp: shutil.copy2(source, tmp))
+                write_atomic(target, lambda tmp, source=source: shutil.copy2(source, tmp))
             written += 1
     return written
 

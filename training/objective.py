@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..adapter.kv import IdentityKV
-from ..unet.layers import SDXL_LAYERS, LayerKey
 from ..host import compat
+from ..unet.layers import SDXL_LAYERS, LayerKey
 
 TOKENS_KEY = "infinite_id_training_tokens"
 SDXL_SIZE_EMBEDDING = 6 * 256  # SDXL's six Fourier size/crop embeddings after the pooled text vector
@@ -43,7 +44,7 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch
     return out.transpose(1, 2).reshape(b, -1, inner)
 
 
-class SelfAttention:
+class SdpaSelfAttention:
     """``attn1`` replacement: plain self-attention through SDPA (needs a backward pass)."""
 
     def __call__(self, q, k, v, extra_options):
@@ -128,7 +129,7 @@ class IdentityObjective:
             raise ValueError(f"checkpoint: this model predicts with {type(self.model_sampling).__name__}; training "
                              "supports SDXL checkpoints that predict noise (eps) or v")
         self.attn2 = {key: IdentityCrossAttention(kv, key) for key in SDXL_LAYERS}
-        self.patches = {"attn1": {key: SelfAttention() for key in SDXL_LAYERS}, "attn2": self.attn2}
+        self.patches = {"attn1": {key: SdpaSelfAttention() for key in SDXL_LAYERS}, "attn2": self.attn2}
         first = self.unet.input_blocks[4][1].transformer_blocks[0].attn2
         self.context_dim = first.to_k.in_features
         label = getattr(self.unet, "label_emb", None)

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model_patch.install import PatchSettings, apply_patch
-from ..identity.encode import prepare_face_embeds
 from ..adapter.model import Adapter
+from ..identity.encode import prepare_face_embeds
 from ..identity.types import Identity
+from ..model_patch.install import PatchSettings, apply_patch
 from ..sampling.dual_stream import sample_dual_stream
 from .cache import CachedPhoto, load_cached
 

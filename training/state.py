@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from ..adapter.native import save_native
 from ..adapter.model import Adapter
+from ..adapter.native import save_native
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,17 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
+from ..adapter.model import Adapter
 from ..adapter.native import build_native_adapter
 from ..unet.layers import SDXL_LAYERS
-from ..unet.walk import cross_attention_widths
-from ..adapter.model import Adapter
+from ..unet.walk import sdxl_widths
 from .cache import CachedData, load_cached, write_atomic
 from .distributed import DistContext
 from .objective import IdentityObjective, gradient_checkpointing
@@ -135,7 +136,7 @@ def oom_types() -> tuple[type, ...]:
 class _Trainable(torch.nn.Module):
     """The trained modules as one module for ``DistributedDataParallel``; its forward is one micro-batch's loss."""
 
-    def __init__(self, trainer: "Trainer") -> None:
+    def __init__(self, trainer: Trainer) -> None:
         super().__init__()
         self.mapper, self.kv = trainer.adapter.mapper, trainer.adapter.kv
         object.__setattr__(self, "_loss", trainer.rank_loss)  # not a submodule: the U-Net stays out of DDP
@@ -193,11 +194,10 @@ class Trainer:
     def _build_adapter(self, data: CachedData, init: Adapter | None) -> Adapter:
         c = self.config
         unet = self.models.model.model.diffusion_model
-        widths = cross_attention_widths(unet)
-        missing = [key for key in SDXL_LAYERS if key not in widths]
-        if missing:
-            raise TrainingError(f"checkpoint: not an SDXL model ({len(missing)} of SDXL's 70 cross-attention layers "
-                                "are missing); Infinite-ID adapters are trained for SDXL")
+        try:
+            widths = sdxl_widths(unet)
+        except ValueError as exc:
+            raise TrainingError(f"checkpoint: {exc}") from None
         sample, _ = load_cached(data.photos[0])
         adapter = build_native_adapter(
             [widths[key][0] for key in SDXL_LAYERS], token_dim=widths[SDXL_LAYERS[0]][1],

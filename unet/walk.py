@@ -6,11 +6,11 @@ trainer and the model patch all need the same numbering, so it is computed here 
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-from .layers import LayerKey
+from .layers import SDXL_LAYERS, LayerKey
 
 
 def transformer_layers(diffusion_model: torch.nn.Module) -> Iterator[tuple[LayerKey, str, torch.nn.Module]]:
@@ -31,6 +31,21 @@ def cross_attention_widths(diffusion_model: torch.nn.Module) -> dict[LayerKey, t
     """``(inner width, context width)`` of every cross-attention layer."""
     return {key: (module.attn2.to_q.out_features, module.attn2.to_k.in_features)
             for key, _, module in transformer_layers(diffusion_model)}
+
+
+def sdxl_widths(diffusion_model: torch.nn.Module) -> dict[LayerKey, tuple[int, int]]:
+    """:func:`cross_attention_widths` of a U-Net that has all of SDXL's layers.
+
+    The one SDXL-shape check, shared by the model patch (a MODEL given to Apply) and the
+    trainer (its checkpoint): a ``ValueError`` naming how many layers are missing and
+    the first, which the caller prefixes with its input's name.
+    """
+    widths = cross_attention_widths(diffusion_model)
+    missing = [key for key in SDXL_LAYERS if key not in widths]
+    if missing:
+        raise ValueError(f"not SDXL-shaped: {len(missing)} of SDXL's {len(SDXL_LAYERS)} cross-attention layers are "
+                         f"missing (first: {missing[0]}). Infinite-ID adapters are for SDXL models.")
+    return widths
 
 
 def transformer_paths(diffusion_model: torch.nn.Module) -> dict[LayerKey, str]:

@@ -10,7 +10,8 @@ to a 1280x800 window at a zoom (~0.6 or more) where both editors still draw text
 from __future__ import annotations
 
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .ui_to_api import plain, socket_inputs, widget_layout
 
@@ -148,7 +149,7 @@ def api_to_ui(name: str, prompt: Mapping[str, dict], node_classes: Mapping[str, 
 def _properties(node: Mapping[str, Any]) -> dict:
     """LiteGraph node properties; loaders also get ``models`` (name, url, directory of each file
     they name), which the editor's missing-models panel shows, folder included."""
-    from ..cli.models import model_metadata
+    from ..host.models import model_metadata
 
     properties: dict[str, Any] = {"Node name for S&R": node["class_type"]}
     models = model_metadata(node["class_type"], node["inputs"])

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .api_to_ui import TITLE, api_to_ui
 from .shipped import PACK_ROOT, dumps
@@ -55,8 +56,8 @@ def render_blueprint(name: str, spec: Mapping[str, Any], node_classes: Mapping[s
     """The blueprint file for the source ``spec`` (see the module docstring)."""
     inner = api_to_ui(name, spec["nodes"], node_classes)
     nodes = {str(n["id"]): n for n in inner["nodes"]}
-    links = [{"id": l[0], "origin_id": l[1], "origin_slot": l[2], "target_id": l[3], "target_slot": l[4],
-              "type": l[5]} for l in inner["links"]]
+    links = [{"id": link[0], "origin_id": link[1], "origin_slot": link[2], "target_id": link[3],
+              "target_slot": link[4], "type": link[5]} for link in inner["links"]]
     left = min(n["pos"][0] for n in nodes.values()) - IO_GAP - IO_WIDTH
     right = max(n["pos"][0] + n["size"][0] for n in nodes.values()) + IO_GAP
     top = min(n["pos"][1] for n in nodes.values()) - TITLE

@@ -1,13 +1,14 @@
 """Reading workflow files (API or UI format) and applying ``--set`` overrides.
 
-Shared by the headless runner (``cli/run.py``) and the evaluation (``evaluation/``), so
+Shared by the headless runner (``cli/run_workflow.py``) and the evaluation (``evaluation/``), so
 neither imports the other.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .ui_to_api import declared_inputs, ui_to_api
 

@@ -15,8 +15,9 @@ which the browser does not read.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .api_to_ui import api_to_ui
 

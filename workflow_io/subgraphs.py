@@ -21,8 +21,9 @@ are objects (``origin_id``, ``origin_slot``, ``target_id``, ``target_slot``, ``t
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 INPUT_NODE, OUTPUT_NODE = -10, -20
 MAX_DEPTH = 16  # nested subgraphs deeper than this are refused (a definition that contains itself)
@@ -43,10 +44,10 @@ class _Level:
     nodes: dict[str, dict]
     links: dict[int, tuple]
     prefix: str = ""  # "12:" inside instance 12
-    parent: "_Level | None" = None
+    parent: _Level | None = None
     instance: dict | None = None  # the instance node (in ``parent``) this level expands
     definition: dict | None = None
-    children: dict[str, "_Level"] = field(default_factory=dict)
+    children: dict[str, _Level] = field(default_factory=dict)
 
 
 def has_subgraphs(workflow: Mapping) -> bool:
@@ -141,7 +142,7 @@ def _source_of_link(level: _Level, link_id: int, definitions: Mapping[str, dict]
         child = level.children.get(str(origin)) or _level(definition, f"{level.prefix}{origin}:", level, node,
                                                           definition)
         level.children.setdefault(str(origin), child)
-        inner = next((l for l in child.links.values() if int(l[3]) == OUTPUT_NODE and l[4] == slot), None)
+        inner = next((link for link in child.links.values() if int(link[3]) == OUTPUT_NODE and link[4] == slot), None)
         if inner is None:
             return None
         level, link_id = child, inner[0]

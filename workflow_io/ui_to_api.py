@@ -14,8 +14,9 @@ skips Notes and takes a Primitive node's value into the widget it drives. Subgra
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .subgraphs import flatten_subgraphs
 

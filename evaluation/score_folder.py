@@ -7,13 +7,14 @@ are kept for FID/LPIPS. The numbers are the same functions the nodes call.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from .plan import Identity
+from .plan import ReferencePhoto
 from .scoring import analyse_faces, clip_i, clip_t, face_similarity, reference_face
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def _rgb(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
-def score_images(images_root: Path, configs: Sequence[str], identities: Sequence[Identity], prompts: Sequence[str],
+def score_images(images_root: Path, configs: Sequence[str], identities: Sequence[ReferencePhoto], prompts: Sequence[str],
                  scorer: Scorer, progress: Callable[[int, int], None] | None = None) -> Scored:
     """Per-image rows for every image present; a reference without a face is an error."""
     result = Scored()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..host import compat
-from ..identity.regions import mask_rows
+from ..identity.regional import mask_rows
 
 NOISE_MODES = ("auto", "shared", "per row")
 REQUEST_KEY = "infinite_id_request"  # a door's RunRequest, in transformer_options
@@ -59,7 +59,7 @@ class RunRequest:
     batch_index: Any = None
     text: torch.Tensor | None = field(default=None, repr=False)
 
-    def __deepcopy__(self, memo: dict) -> "RunRequest":
+    def __deepcopy__(self, memo: dict) -> RunRequest:
         return self  # one request per sampling, read back by the door that made it
 
 

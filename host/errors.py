@@ -1,7 +1,13 @@
-"""Turn internal errors into messages that name the node, so users know where to look."""
+"""The pack's user-facing error type, low enough for every room to raise or recognise it.
+
+The host glue (``host/executor.py`` drops the executor's traceback for these), the nodes
+(which wrap ``ValueError``s into it with :func:`node_error`) and the CLI all need the one
+class.
+"""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 
 class InfiniteIDError(ValueError):
@@ -17,7 +23,7 @@ class InfiniteIDError(ValueError):
 
 
 @contextlib.contextmanager
-def node_error(node: str):
+def node_error(node: str) -> Iterator[None]:
     """Re-raise ``ValueError``s from inside a node with the node's name in front."""
     try:
         yield

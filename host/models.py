@@ -54,7 +54,7 @@ def missing_models(prompt: dict) -> list[str]:
     """One line per model file the prompt needs that is not installed."""
     import folder_paths
 
-    from ..host.folders import register_folders
+    from .folders import register_folders
 
     register_folders()
     lines = []
@@ -75,7 +75,7 @@ def missing_models(prompt: dict) -> list[str]:
 def _missing_insightface(node_id: str, inputs: dict) -> list[str]:
     import os
 
-    from ..host.folders import INSIGHTFACE, folder_paths_for
+    from .folders import INSIGHTFACE, folder_paths_for
 
     name = inputs.get("model_name") or inputs.get("name") or "antelopev2"
     for root in folder_paths_for(INSIGHTFACE):

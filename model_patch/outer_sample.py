@@ -8,7 +8,7 @@ there (``model_patch/install.py``), so the patched MODEL itself turns each sampl
 both streams:
 
 - the noise, latent and mask it is given are stacked for both streams with the one row
-  plan (``sampling/streams.py``); a pass that starts from an image latent (denoise < 1,
+  plan (``model_patch/streams.py``); a pass that starts from an image latent (denoise < 1,
   ``start_at_step`` > 0, an inpaint mask) starts both streams from that latent;
 - the sampler is paired, so ancestral and SDE samplers give both streams the same
   per-step noise;
@@ -21,15 +21,16 @@ What cannot follow the contract is refused before any model call, naming what to
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ..host import compat
-from ..model_patch.install import check_before_sampling
-from ..model_patch.run import RunState
-from ..model_patch.wrapper import APPLY_KEY, RUN_KEY
+from .install import check_before_sampling
+from .run_state import RunState
 from .streams import REQUEST_KEY, RunRequest, check_latent, check_result, paired_sampler, plan_streams
+from .wrapper import APPLY_KEY, RUN_KEY
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,10 @@ class OuterSample:
     def __init__(self, patch: Any) -> None:
         self.patch = patch
 
-    def __deepcopy__(self, memo: dict) -> "OuterSample":
+    def __deepcopy__(self, memo: dict) -> OuterSample:
         return self
 
-    def to(self, *args: Any, **kwargs: Any) -> "OuterSample":
+    def to(self, *args: Any, **kwargs: Any) -> OuterSample:
         """ComfyUI casts wrappers to the load device: nothing here lives on a device."""
         return self
 

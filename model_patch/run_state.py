@@ -18,14 +18,15 @@ load set.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 from ..attention.rows import ChunkRows
 from ..unet.layers import LayerKey
-from .regions import RegionTable, RegionWeights
+from .region_grids import RegionTable, RegionWeights
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class CallLayout:
 class StepState:
     """What the attention replacements need to know about the current U-Net call."""
 
-    run: "RunState"
+    run: RunState
     layout: CallLayout
     sigma: float
     identity_active: bool
@@ -121,7 +122,7 @@ class RunState:
         self._layouts: dict[tuple[tuple[int, ...], bool], CallLayout] = {}
         self._identity_row_index: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
 
-    def __deepcopy__(self, memo: dict) -> "RunState":
+    def __deepcopy__(self, memo: dict) -> RunState:
         return self  # model_options are deep-copied on older hosts: one run, one state
 
     # ------------------------------------------------------------------ per call (look-ups only)
@@ -140,7 +141,8 @@ class RunState:
         """The text stream is computed from the first step until the mixing window ends."""
         return self.text_stream and (self.constant_batch or sigma >= self.mix_lo)
 
-    def step(self, sigma: float, cond_or_uncond: list[int], text_computed: bool) -> StepState:
+    def step_state(self, sigma: float, cond_or_uncond: list[int], text_computed: bool) -> StepState:
+        """The state of one U-Net call at ``sigma`` (built per call; nothing in the run changes)."""
         layout = self.layout(tuple(cond_or_uncond), text_computed)
         return StepState(
             run=self, layout=layout, sigma=sigma,

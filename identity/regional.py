@@ -7,7 +7,7 @@ a new socket type: ``InfiniteIDApply``, the samplers, Save/Load Identity and the
 take it unchanged, and its keys and values are projected once per run like any other
 identity's. During sampling each person's image cross-attention is computed over their
 own tokens only (a softmax per person, so one face never borrows another's features)
-and added where their mask is (``model_patch/regions.py``).
+and added where their mask is (``model_patch/region_grids.py``).
 
 Masks are ComfyUI ``MASK``s, ``[batch, height, width]`` in 0..1, of any size and aspect.
 They are stored as given (after feathering) and laid over the latent when sampling
@@ -16,8 +16,9 @@ starts: stretched to the image, as core's conditioning masks are.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ class Region:
     weight: float = 1.0
     name: str = ""
 
-    def __deepcopy__(self, memo: dict) -> "Region":
+    def __deepcopy__(self, memo: dict) -> Region:
         return self  # immutable by contract; the mask tensor is never written to
 
 

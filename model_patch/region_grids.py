@@ -18,8 +18,8 @@ Everything here is computed once per run and grid, then looked up per call.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

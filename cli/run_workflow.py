@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .models import DEMO_SUBSTITUTES, missing_models
+from ..host.models import DEMO_SUBSTITUTES, missing_models
 from ..workflow_io.files import apply_overrides, load_workflow
 
 if TYPE_CHECKING:
@@ -78,7 +77,7 @@ def use_demo_models(prompt: dict, input_dir: Path) -> None:
             inputs["image"] = written[name]
 
 
-def demo_photo(name: str) -> "np.ndarray":
+def demo_photo(name: str) -> np.ndarray:
     """A generated reference photo; each file name gets its own identity (mixing needs two)."""
     import zlib
 
