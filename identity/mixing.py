@@ -88,6 +88,10 @@ def mix(identities: Sequence[Identity], weights: Sequence[float] | None = None,
     if len(identities) < 1:
         raise ValueError("connect at least one identity")
     weights = list(weights) if weights is not None else [1.0] * len(identities)
+    if len(weights) != len(identities) or len(names) != len(identities):
+        # zip() below would drop the identities past the shorter list without a word
+        raise ValueError(f"{len(identities)} identities with {len(weights)} weight(s) and {len(names)} name(s); give "
+                         "one weight and one name per identity")
     for identity, name in zip(identities, names):
         check_identity(identity, name)
     refuse_regional(identities, names)

@@ -107,6 +107,10 @@ def test_mix_and_interpolate_messages(runner):
     with pytest.raises(ValueError, match="different numbers of rows"):
         mix([two, three])
     assert mix([one, two]).cond.shape == (2, 8, 64)
+    with pytest.raises(ValueError, match="2 identities with 1 weight\\(s\\) and 2 name\\(s\\)"):
+        mix([one, one], [1.0])
+    with pytest.raises(ValueError, match="2 identities with 2 weight\\(s\\) and 1 name\\(s\\)"):
+        mix([one, one], names=["a"])
     with pytest.raises(ValueError, match="a sweep needs single identities"):
         interpolate(two, one, [0.0, 1.0])
 
