@@ -95,3 +95,12 @@ def test_the_check_sees_upward_imports(tmp_path, monkeypatch):
     assert violations("attention") == ["attention/bad.py:1: import comfy.samplers (attention/ is plain torch: "
                                        "no ComfyUI module)"]
     assert violations("nodes") == []
+
+
+def test_the_documented_layers_are_the_enforced_ones():
+    """docs/ARCHITECTURE.md's layer table names the same rooms in the same layers as ``LAYERS``."""
+    import re
+
+    text = (PACK / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    documented = {room: int(level) for level, room in re.findall(r"^\| (\d) \| `(\w+)/` \|", text, re.MULTILINE)}
+    assert documented == LAYER
